@@ -1,0 +1,1 @@
+"""Motion-imprinted egocentric action recognition (GTEA61): data, model, training."""

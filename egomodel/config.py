@@ -1,0 +1,281 @@
+"""Typed configuration: dataclasses loaded from YAML and dotted ``key=value`` overrides.
+
+Every key is validated at load so that a typo or an out-of-range value fails before any data is
+read, with a message that names the dotted key. ``tuning`` relies on :func:`flatten` and
+:func:`known_keys` to check search spaces against this schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VARIANTS = ("convlstm", "attention", "ms", "feedback")
+MS_TASKS = ("classification", "regression_mse", "regression_l1")
+INSERTION_POINTS = ("conv1", "layer1", "layer2", "layer3", "layer4")
+BACKBONE_BLOCKS = ("conv1", "layer1", "layer2", "layer3", "layer4", "fc")
+BLOCKS = BACKBONE_BLOCKS + ("convlstm", "classifier", "ms_head", "feedback")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or out of range; the message names the dotted key."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "synthetic"  # a GTEA61 root, or "synthetic" for the cached built-in set
+    test_users: list[str] = field(default_factory=lambda: ["S2"])
+    val_users: list[str] = field(default_factory=list)  # empty: stratified val_fraction of train
+    val_fraction: float = 0.2
+    frames: int = 7
+    image_size: int = 224
+    num_workers: int = 2
+    mmap_reach: int = 5  # how far to look for the nearest existing motion map
+
+
+@dataclass
+class ModelConfig:
+    variant: str = "feedback"
+    pretrained: str = "imagenet"  # "imagenet" (torchvision cache), "none", or a .pth path
+    hidden: int = 512
+    dropout: float = 0.7
+    ms_task: str = "classification"
+    alpha: float = 1.0
+    tau: float = 0.2
+    insertion: str = "conv1"
+    feedback_channels: int = 64
+
+
+@dataclass
+class StageConfig:
+    epochs: int
+    lr: float
+    milestones: list[int]
+    batch_size: int
+    trainable: list[str]
+    gamma: float = 0.1
+
+
+def _stage(*args: Any) -> Any:
+    return field(default_factory=lambda: StageConfig(*args))
+
+
+@dataclass
+class TrainConfig:
+    """Stages follow the paper's Table 1 and text (DESIGN §5)."""
+
+    seed: int = 0
+    epochs_scale: float = 1.0  # scales every stage's epochs and milestones
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    weight_decay: float = 4e-5
+    eps: float = 1e-4
+    eval_batch_size: int = 8
+    stage1: StageConfig = _stage(300, 1e-3, [25, 75, 150], 32, ["convlstm", "classifier"])
+    stage2: StageConfig = _stage(
+        150, 1e-4, [25, 75], 32, ["convlstm", "classifier", "layer4", "fc", "ms_head"]
+    )
+    stage3: StageConfig = _stage(
+        200,
+        1e-4,
+        [50, 100, 150],
+        4,
+        ["convlstm", "classifier", "fc", "feedback", "conv1", "layer4"],
+    )
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"alpha": 1}}`` -> ``{"model.alpha": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def known_keys() -> dict[str, Any]:
+    """Every dotted key of the schema with its default value."""
+    return flatten(Config().to_dict())
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in values:
+        if k not in names:
+            raise ConfigError(f"unknown config key {prefix}{k!s} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        tp = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            default = getattr(cls(), f.name)
+            merged = {**dataclasses.asdict(default), **(values[f.name] or {})}
+            kwargs[f.name] = _build(tp, merged, key + ".")
+        else:
+            kwargs[f.name] = _coerce(key, values[f.name], tp)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required stage field missing
+        raise ConfigError(f"{prefix.rstrip('.')}: {e}") from None
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> Config:
+    """Range and choice checks; raises :class:`ConfigError` naming the key."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    _check_choice("model.variant", m.variant, VARIANTS)
+    _check_choice("model.ms_task", m.ms_task, MS_TASKS)
+    _check_choice("model.insertion", m.insertion, INSERTION_POINTS)
+    _check_choice("train.device", t.device, DEVICES)
+    _check_choice("train.precision", t.precision, PRECISIONS)
+    if not 0.0 <= m.tau <= 1.0:
+        raise ConfigError(f"model.tau: {m.tau} is outside [0, 1]")
+    if m.alpha < 0:
+        raise ConfigError(f"model.alpha: {m.alpha} must be >= 0")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout: {m.dropout} is outside [0, 1)")
+    for key, v in (("model.hidden", m.hidden), ("model.feedback_channels", m.feedback_channels),
+                   ("data.frames", d.frames), ("train.eval_batch_size", t.eval_batch_size)):
+        if v < 1:
+            raise ConfigError(f"{key}: {v} must be >= 1")
+    if d.image_size < 32 or d.image_size % 32:
+        raise ConfigError(f"data.image_size: {d.image_size} must be a multiple of 32 (>= 32)")
+    if not 0.0 < d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: {d.val_fraction} is outside (0, 1)")
+    if d.num_workers < 0 or d.mmap_reach < 0:
+        raise ConfigError("data.num_workers and data.mmap_reach must be >= 0")
+    if not d.test_users:
+        raise ConfigError("data.test_users: at least one test user is needed")
+    if set(d.val_users) & set(d.test_users):
+        raise ConfigError(f"data.val_users: {d.val_users} overlaps data.test_users {d.test_users}")
+    if not t.epochs_scale > 0:
+        raise ConfigError(f"train.epochs_scale: {t.epochs_scale} must be > 0")
+    for n in (1, 2, 3):
+        s: StageConfig = getattr(t, f"stage{n}")
+        key = f"train.stage{n}"
+        for b in s.trainable:
+            if b not in BLOCKS:
+                raise ConfigError(f"{key}.trainable: unknown block {b!r} (known: {', '.join(BLOCKS)})")
+        if s.epochs < 1 or s.batch_size < 1:
+            raise ConfigError(f"{key}: epochs and batch_size must be >= 1")
+        if not s.lr > 0 or not 0 < s.gamma <= 1:
+            raise ConfigError(f"{key}: lr must be > 0 and gamma in (0, 1]")
+        if any(m_ < 1 for m_ in s.milestones) or sorted(s.milestones) != s.milestones:
+            raise ConfigError(f"{key}.milestones: {s.milestones} must be increasing and >= 1")
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["model.alpha=0.5", "data.test_users=[S2,S3]"]`` -> dotted dict with YAML-typed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
+    return out
+
+
+def unflatten(dotted: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        parts = key.split(".")
+        node = nested
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {p} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def from_dict(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """Build and validate a config from a nested dict plus dotted overrides."""
+    merged = _merge(values or {}, unflatten(overrides or {}))
+    return validate(_build(Config, merged, ""))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Load YAML (or defaults) and apply ``--set`` style overrides, then validate."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        values = yaml.safe_load(p.read_text()) or {}
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    return from_dict(values, overrides)
+
+
+def dump(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+

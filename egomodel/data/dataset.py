@@ -1,0 +1,171 @@
+"""Clips -> tensors, the user split, and loaders whose augmentation is reproducible.
+
+Augmentation randomness comes from ``(seed, epoch key, clip index)``, not from worker state, so
+a resumed run and a run with a different number of workers see the same views.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from egomodel.config import DataConfig
+from egomodel.data import layout
+from egomodel.data.layout import Clip, DataError
+from egomodel.data.transforms import View, centre_view, draw_view, flow_tensor, motion_target, rgb_tensor
+
+
+@dataclass
+class DataBundle:
+    root: Path
+    classes: list[str]
+    train: list[Clip]
+    val: list[Clip]
+    test: list[Clip]
+    fingerprint: str
+
+
+def resolve_root(root: str) -> Path:
+    """``synthetic`` means the cached built-in synthetic set (generated on first use)."""
+    if root == "synthetic":
+        from egomodel.data.synthetic import default_root
+
+        return default_root()
+    return Path(root).expanduser()
+
+
+def split_clips(
+    clips: Sequence[Clip], cfg: DataConfig, seed: int, users: Sequence[str]
+) -> tuple[list[Clip], list[Clip], list[Clip]]:
+    """Test = test users. Validation = named users, or a class-stratified fraction of the rest."""
+    for u in [*cfg.test_users, *cfg.val_users]:
+        if u not in users:
+            raise DataError(f"user {u} (data.test_users / data.val_users) has no folder; found {', '.join(users)}")
+    test = [c for c in clips if c.user in cfg.test_users]
+    rest = [c for c in clips if c.user not in cfg.test_users]
+    if cfg.val_users:
+        val = [c for c in rest if c.user in cfg.val_users]
+        train = [c for c in rest if c.user not in cfg.val_users]
+    else:
+        by_class: dict[str, list[Clip]] = defaultdict(list)
+        for c in rest:
+            by_class[c.label_name].append(c)
+        rng = np.random.default_rng(seed)
+        val_keys = set()
+        for name in sorted(by_class):
+            group = by_class[name]
+            k = int(round(len(group) * cfg.val_fraction)) if len(group) > 1 else 0
+            for i in rng.permutation(len(group))[:k]:
+                val_keys.add(group[i].key)
+        val = [c for c in rest if c.key in val_keys]
+        train = [c for c in rest if c.key not in val_keys]
+    for name, part in (("training", train), ("validation", val), ("test", test)):
+        if not part:
+            raise DataError(f"the {name} split is empty (users {', '.join(users)}, test {cfg.test_users})")
+    return train, val, test
+
+
+def load_bundle(cfg: DataConfig, seed: int, need_mmaps: bool, need_flow: bool = False) -> DataBundle:
+    """Scan, check the frames each clip will use, split. Every data error surfaces here."""
+    root = resolve_root(cfg.root)
+    users = layout.list_users(root)
+    clips = layout.scan(root, need_mmaps=need_mmaps, need_flow=need_flow, min_frames=cfg.frames)
+    classes = layout.class_names(clips)
+    if need_mmaps:  # every sampled frame must have a map within reach
+        for c in clips:
+            for i in layout.sample_indices(c.num_frames, cfg.frames):
+                layout.nearest_mmap(c, i + 1, cfg.mmap_reach)
+    train, val, test = split_clips(clips, cfg, seed, users)
+    return DataBundle(root, classes, train, val, test, layout.fingerprint(root, clips))
+
+
+class ClipDataset(Dataset):
+    """Items are ``(index, epoch_key)`` (training: a random view per clip and epoch) or ``index``
+    (evaluation: the centre view). Returns frames (T, 3, S, S), mmaps (T, s, s), label."""
+
+    def __init__(
+        self,
+        clips: Sequence[Clip],
+        classes: Sequence[str],
+        cfg: DataConfig,
+        seed: int = 0,
+        with_mmaps: bool = False,
+        with_flow: bool = False,
+    ) -> None:
+        self.clips = list(clips)
+        self.index = {name: i for i, name in enumerate(classes)}
+        self.cfg = cfg
+        self.seed = seed
+        self.with_mmaps = with_mmaps
+        self.with_flow = with_flow
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def view_for(self, item: int | tuple[int, int], width: int, height: int) -> View:
+        if isinstance(item, tuple):
+            idx, key = item
+            return draw_view(np.random.default_rng([self.seed, key, idx]), width, height)
+        return centre_view(width, height)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        idx = item[0] if isinstance(item, tuple) else item
+        clip = self.clips[idx]
+        frames = layout.sample_indices(clip.num_frames, self.cfg.frames)
+        images = [layout.load_rgb(clip.rgb[i]) for i in frames]
+        view = self.view_for(item, *images[0].size)
+        size, s = self.cfg.image_size, self.cfg.image_size // 32
+        out = {
+            "frames": torch.from_numpy(np.stack([rgb_tensor(im, view, size) for im in images])),
+            "label": torch.tensor(self.index[clip.label_name]),
+            "index": torch.tensor(idx),
+        }
+        if self.with_mmaps:
+            maps = [layout.load_gray(layout.nearest_mmap(clip, i + 1, self.cfg.mmap_reach)) for i in frames]
+            out["mmaps"] = torch.from_numpy(np.stack([motion_target(m, view, s) for m in maps]))
+        if self.with_flow:
+            out["flow"] = torch.from_numpy(self._flow(clip, frames, view, size))
+        return out
+
+    def _flow(self, clip: Clip, frames: list[int], view: View, size: int) -> np.ndarray:
+        """(T, 2, S, S) flow x/y at the sampled frames; the flow issue stacks 5 around each."""
+        xs = [flow_tensor(layout.load_gray(clip.flow_x[min(i, len(clip.flow_x) - 1)]), view, size, True) for i in frames]
+        ys = [flow_tensor(layout.load_gray(clip.flow_y[min(i, len(clip.flow_y) - 1)]), view, size, False) for i in frames]
+        return np.stack([np.stack(p) for p in zip(xs, ys)])
+
+
+class EpochSampler(Sampler):
+    """Shuffles with a generator seeded by ``(seed, key)`` and tags each index with ``key``."""
+
+    def __init__(self, n: int, seed: int, key: int) -> None:
+        self.n, self.seed, self.key = n, seed, key
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.key)
+        return iter([(int(i), self.key) for i in torch.randperm(self.n, generator=g)])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def make_loader(
+    ds: ClipDataset, batch_size: int, num_workers: int, epoch_key: int | None = None, drop_last: bool = False
+) -> DataLoader:
+    """Training loader when ``epoch_key`` is given (shuffled, augmented), else evaluation order."""
+    sampler = None if epoch_key is None else EpochSampler(len(ds), ds.seed, epoch_key)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )

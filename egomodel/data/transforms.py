@@ -1,0 +1,77 @@
+"""One augmentation draw per clip, applied alike to frames, motion maps and flow (DESIGN §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+SCALES = (1.0, 0.875, 0.75, 0.65625)
+POSITIONS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
+TEST_SCALE = 0.875  # the usual resize-to-256, centre-crop-224
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class View:
+    """A square crop (left, top, side) of the original frame, then an optional horizontal flip."""
+
+    left: int
+    top: int
+    side: int
+    flip: bool = False
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.left, self.top, self.left + self.side, self.top + self.side)
+
+
+def _place(width: int, height: int, side: int, position: str) -> tuple[int, int]:
+    if position == "center":
+        return (width - side) // 2, (height - side) // 2
+    left = 0 if position.endswith("left") else width - side
+    top = 0 if position.startswith("top") else height - side
+    return left, top
+
+
+def draw_view(rng: np.random.Generator, width: int, height: int) -> View:
+    """Multi-scale corner crop + random flip, one draw for the whole clip."""
+    side = max(1, int(min(width, height) * SCALES[rng.integers(len(SCALES))]))
+    left, top = _place(width, height, side, POSITIONS[rng.integers(len(POSITIONS))])
+    return View(left, top, side, bool(rng.integers(2)))
+
+
+def centre_view(width: int, height: int) -> View:
+    side = max(1, int(min(width, height) * TEST_SCALE))
+    return View(*_place(width, height, side, "center"), side, False)
+
+
+def rgb_tensor(img: Image.Image, view: View, size: int) -> np.ndarray:
+    """Crop, resize to size x size, flip, ImageNet-normalise: (3, size, size) float32."""
+    out = img.crop(view.box).resize((size, size), Image.BILINEAR)
+    arr = (np.asarray(out, dtype=np.float32) / 255.0 - MEAN) / STD
+    if view.flip:
+        arr = arr[:, ::-1]
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def motion_target(gray: np.ndarray, view: View, s: int) -> np.ndarray:
+    """Fraction of moving pixels in each of s x s cells of the cropped map (area-weighted)."""
+    frac = Image.fromarray(gray.astype(np.float32) / 255.0, mode="F")
+    out = np.asarray(frac.crop(view.box).resize((s, s), Image.BOX), dtype=np.float32)
+    if view.flip:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(np.clip(out, 0.0, 1.0))
+
+
+def flow_tensor(gray: np.ndarray, view: View, size: int, is_x: bool) -> np.ndarray:
+    """Warp-flow frame (128 = no motion) to [-1, 1]; a flip inverts flow-x."""
+    img = Image.fromarray(gray).crop(view.box).resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    if view.flip:
+        arr = arr[:, ::-1]
+        if is_x:
+            arr = -arr
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,76 @@
+"""ResNet-34 backbone: weight loading without network access, and a forward that exposes
+the features the rest of the model needs (DESIGN §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import ResNet, ResNet34_Weights, resnet34
+
+IMAGENET_URL = ResNet34_Weights.IMAGENET1K_V1.url
+
+
+class WeightsError(FileNotFoundError):
+    """ImageNet weights were asked for but are not on disk."""
+
+
+def imagenet_weights_path() -> Path:
+    """Where torchvision keeps the ResNet-34 ImageNet file once downloaded."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_URL).name
+
+
+def build_resnet34(pretrained: str) -> ResNet:
+    """``pretrained`` is "imagenet" (torchvision cache), "none" (random) or a path to a state dict.
+
+    Never downloads: a missing file is an error that says how to provide the weights.
+    """
+    net = resnet34(weights=None)
+    if pretrained == "none":
+        return net
+    path = imagenet_weights_path() if pretrained == "imagenet" else Path(pretrained)
+    if not path.is_file():
+        raise WeightsError(
+            f"ResNet-34 ImageNet weights not found at {path}. Copy {Path(IMAGENET_URL).name} "
+            f"(from {IMAGENET_URL}) there, pass model.pretrained=/path/to/resnet34.pth, "
+            "or train from scratch with model.pretrained=none."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net
+
+
+Modulate = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def backbone_features(
+    net: ResNet, x: torch.Tensor, modulate: Modulate | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ResNet-34 up to layer 4.
+
+    Returns the normal layer-4 output (BN + ReLU) and Ego-RNN's "no-BN" features of the last
+    block: its ``conv2`` output plus the residual, without ``bn2`` and the final ReLU.
+    ``modulate(point, features)`` is called at each insertion point: at "conv1" on the conv output
+    before ``bn1``, at "layerK" on the input of layer K.
+    """
+    mod = modulate or (lambda _point, f: f)
+    x = mod("conv1", net.conv1(x))  # (N, 64, H/2, W/2)
+    x = net.maxpool(net.relu(net.bn1(x)))
+    x = net.layer1(mod("layer1", x))
+    x = net.layer2(mod("layer2", x))
+    x = net.layer3(mod("layer3", x))
+    x = mod("layer4", x)
+    *head, last = net.layer4
+    for block in head:
+        x = block(x)
+    residual = x if last.downsample is None else last.downsample(x)
+    out = last.conv2(last.relu(last.bn1(last.conv1(x))))
+    no_bn = out + residual  # (N, 512, s, s)
+    feats = last.relu(last.bn2(out) + residual)
+    return feats, no_bn
+
+
+# channels and stride of each insertion point's features
+POINT_SHAPES = {"conv1": (64, 2), "layer1": (64, 4), "layer2": (64, 4), "layer3": (128, 8), "layer4": (256, 16)}

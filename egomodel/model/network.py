@@ -1,0 +1,140 @@
+"""The assembled network: ResNet-34 -> (CAM attention) -> ConvLSTM -> classifier, with the MS head
+and the feedback branch for the variants that have them (DESIGN §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from egomodel.config import ModelConfig
+from egomodel.model.attention import cam_attention
+from egomodel.model.backbone import POINT_SHAPES, backbone_features, build_resnet34
+from egomodel.model.convlstm import ConvLSTM
+from egomodel.model.feedback import FeedbackBranch
+from egomodel.model.ms_head import MSHead
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, num_classes)
+    ms: torch.Tensor | None  # (B, T, K, s, s) motion-map logits, K = 2 or 1
+    cams: torch.Tensor | None  # (B, T, s, s) attention maps
+
+
+class EgoRNN(nn.Module):
+    """Variants: ``convlstm``, ``attention``, ``ms``, ``feedback`` (the rows of Table 3)."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int, image_size: int = 224) -> None:
+        super().__init__()
+        self.variant = cfg.variant
+        self.insertion = cfg.insertion
+        self.image_size = image_size
+        self.size = image_size // 32
+        self.backbone = build_resnet34(cfg.pretrained)
+        self.convlstm = ConvLSTM(512, cfg.hidden)
+        self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, num_classes))
+        self.ms_head = (
+            MSHead(self.size, cfg.ms_task == "classification") if cfg.variant in ("ms", "feedback") else None
+        )
+        self.feedback = None
+        if cfg.variant == "feedback":
+            channels, _ = POINT_SHAPES[cfg.insertion]
+            self.feedback = FeedbackBranch(channels, mid=cfg.feedback_channels)
+        # whether the feedback branch runs; set by egomodel.stages.apply_stage, saved in checkpoints
+        self.register_buffer("feedback_on", torch.zeros((), dtype=torch.bool))
+        self._frozen: list[nn.Module] = []
+
+    # ----------------------------------------------------------------- blocks and freezing
+    def blocks(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters of each named block this variant uses (the vocabulary of stage configs)."""
+        bb = self.backbone
+        out: dict[str, list[nn.Parameter]] = {
+            "conv1": [*bb.conv1.parameters(), *bb.bn1.parameters()],
+            **{f"layer{i}": list(getattr(bb, f"layer{i}").parameters()) for i in range(1, 5)},
+            "convlstm": list(self.convlstm.parameters()),
+            "classifier": list(self.classifier.parameters()),
+        }
+        if self.variant != "convlstm":
+            out["fc"] = [bb.fc.weight]  # only the CAM row is used; the bias never gets a gradient
+        if self.ms_head is not None:
+            out["ms_head"] = list(self.ms_head.parameters())
+        if self.feedback is not None:
+            out["feedback"] = list(self.feedback.parameters())
+        return out
+
+    def block_modules(self) -> dict[str, list[nn.Module]]:
+        bb = self.backbone
+        out: dict[str, list[nn.Module]] = {
+            "conv1": [bb.conv1, bb.bn1],
+            **{f"layer{i}": [getattr(bb, f"layer{i}")] for i in range(1, 5)},
+            "convlstm": [self.convlstm],
+            "classifier": [self.classifier],
+            "fc": [bb.fc],
+        }
+        if self.ms_head is not None:
+            out["ms_head"] = [self.ms_head]
+        if self.feedback is not None:
+            out["feedback"] = [self.feedback]
+        return out
+
+    def set_frozen_modules(self, modules: list[nn.Module]) -> None:
+        self._frozen = modules
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> EgoRNN:
+        """Frozen blocks (and their BN statistics) stay in eval whatever the mode."""
+        super().train(mode)
+        for m in self._frozen:
+            m.eval()
+        return self
+
+    # ----------------------------------------------------------------------- forward
+    def _encode(
+        self, x: torch.Tensor, prev_ms: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """One batch of frames (N, 3, H, W) -> ConvLSTM input, MS logits, Conv100, CAM."""
+        modulate = None
+        if self.feedback is not None and prev_ms is not None:
+            point, branch = self.insertion, self.feedback
+
+            def modulate(p: str, f: torch.Tensor) -> torch.Tensor:
+                return branch(f, prev_ms) if p == point else f
+
+        feats, no_bn = backbone_features(self.backbone, x, modulate)  # (N, 512, s, s) each
+        if self.variant == "convlstm":
+            lstm_in, cam = feats, None
+        else:
+            lstm_in, cam = cam_attention(feats, no_bn, self.backbone.fc)
+        ms = mid = None
+        if self.ms_head is not None:
+            ms, mid = self.ms_head(feats)
+        return lstm_in, ms, mid, cam
+
+    def forward(self, frames: torch.Tensor) -> ModelOutput:
+        """frames: (B, T, 3, H, W) normalised RGB."""
+        if frames.dim() != 5 or frames.shape[2] != 3:
+            raise ValueError(f"expected frames of shape (B, T, 3, H, W), got {tuple(frames.shape)}")
+        b, t, _, h, w = frames.shape
+        if h != self.image_size or w != self.image_size:
+            raise ValueError(f"model built for {self.image_size}x{self.image_size} input, got {h}x{w}")
+        if self.feedback is not None and bool(self.feedback_on):
+            # frame t needs frame t-1's MS features: loop over time
+            parts, prev = [], None
+            for i in range(t):
+                lstm_in, ms, mid, cam = self._encode(frames[:, i], prev)
+                parts.append((lstm_in, ms, cam))
+                prev = mid
+            lstm_in = torch.stack([p[0] for p in parts], 1)
+            ms = torch.stack([p[1] for p in parts], 1)
+            cam = torch.stack([p[2] for p in parts], 1)
+        else:
+            # no recurrence through the backbone: one call over all B*T frames
+            lstm_in, ms, _, cam = self._encode(frames.flatten(0, 1))
+            lstm_in = lstm_in.unflatten(0, (b, t))
+            ms = None if ms is None else ms.unflatten(0, (b, t))
+            cam = None if cam is None else cam.unflatten(0, (b, t))
+        _, cell = self.convlstm(lstm_in)
+        logits = self.classifier(cell.mean(dim=(2, 3)))  # avg-pool of the final cell state
+        return ModelOutput(logits, ms, cam)

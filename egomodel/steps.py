@@ -1,0 +1,114 @@
+"""One training epoch and one evaluation pass; shared by the engine and ``egomodel.evaluate``."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from egomodel.config import Config
+from egomodel.losses import total_loss
+from egomodel.model.network import EgoRNN
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA by default, or wherever ``train.precision=bf16`` asks for it."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_epoch(
+    model: EgoRNN,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    cfg: Config,
+    device: torch.device,
+    desc: str = "",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Returns mean loss, top-1 and the fraction of step time spent waiting for data."""
+    model.train()
+    m = cfg.model
+    loss_sum = correct = seen = 0.0
+    wait = busy = 0.0
+    bar = tqdm(total=len(loader), desc=desc, leave=False, disable=not progress, unit="batch")
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = _to(next(it), device)
+        except StopIteration:
+            break
+        t1 = time.perf_counter()
+        with autocast(device, cfg.train.precision):
+            out = model(batch["frames"])
+        loss, _ = total_loss(out.logits, batch["label"], out.ms, batch.get("mmaps"), m.ms_task, m.alpha, m.tau)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} ({desc}); lower the learning rate or alpha")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = batch["label"].numel()
+        loss_sum += float(loss.detach()) * n
+        correct += float((out.logits.argmax(1) == batch["label"]).sum())
+        seen += n
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        wait += t1 - t0
+        busy += t2 - t1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+    bar.close()
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_top1": correct / max(seen, 1),
+        "data_wait_fraction": wait / max(wait + busy, 1e-9),
+    }
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    labels: np.ndarray
+    preds: np.ndarray
+    probs: np.ndarray
+
+
+@torch.no_grad()
+def evaluate(model: EgoRNN, loader: DataLoader, cfg: Config, device: torch.device) -> EvalResult:
+    model.eval()
+    m = cfg.model
+    losses, labels, probs = [], [], []
+    for batch in loader:
+        batch = _to(batch, device)
+        with autocast(device, cfg.train.precision):
+            out = model(batch["frames"])
+        loss, _ = total_loss(out.logits, batch["label"], out.ms, batch.get("mmaps"), m.ms_task, m.alpha, m.tau)
+        losses.append(float(loss) * batch["label"].numel())
+        labels.append(batch["label"].cpu())
+        probs.append(torch.softmax(out.logits.float(), 1).cpu())
+    y = torch.cat(labels).numpy()
+    p = torch.cat(probs).numpy()
+    preds = p.argmax(1)
+    return EvalResult(sum(losses) / max(len(y), 1), float((preds == y).mean()) if len(y) else 0.0, y, preds, p)
