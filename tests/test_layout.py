@@ -202,7 +202,8 @@ def test_sample_indices_by_hand() -> None:
     assert sample_indices(10, 7) == [0, 1, 2, 3, 5, 6, 7]
     # linspace(1, 7, 7, endpoint=False) = 1 + k * 6/7 = 1, 1.86, 2.71, 3.57, 4.43, 5.29, 6.14
     assert sample_indices(7, 7) == [0, 0, 1, 2, 3, 4, 5]
-    assert sample_indices(12, 3) == [0, 4, 8]
+    # linspace(1, 12, 3, endpoint=False) = 1, 4.67, 8.33
+    assert sample_indices(12, 3) == [0, 3, 7]
     with pytest.raises(DataError, match="5 frames, fewer than the 7"):
         sample_indices(5, 7)
 

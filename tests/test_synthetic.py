@@ -192,7 +192,10 @@ def test_module_runs_as_script(tmp_path: Path) -> None:
     args = [str(out), "--classes", "2", "--clips-per-class", "1", "--frames", "2", "--size", "32x32", "--users", "1"]
     done = subprocess.run(
         [sys.executable, "-m", "egomodel.data.synthetic", *args],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert (out / "flow_y_processed" / "S1" / "stir_cup" / "1" / "flow_y_00002.png").is_file()

@@ -142,9 +142,7 @@ def _scan_clip(
         raise DataError(f"clip folder {folder} has no rgb folder (expected {rgb_dir})")
     rgb = _contiguous(rgb_dir, _numbered(rgb_dir, _RGB_RE), "rgb")
     if len(rgb) < min_frames:
-        raise DataError(
-            f"clip folder {folder} has {len(rgb)} rgb frames, fewer than the {min_frames} needed"
-        )
+        raise DataError(f"clip folder {folder} has {len(rgb)} rgb frames, fewer than the {min_frames} needed")
     map_dir = folder / "mmaps"
     mmaps = _numbered(map_dir, _MAP_RE) if map_dir.is_dir() else {}
     if need_mmaps and not mmaps:
@@ -183,18 +181,14 @@ def scan(
     else:
         for user in users:
             if user not in available:
-                raise DataError(
-                    f"user {user} not found in {frames_dir} (found: {', '.join(available)})"
-                )
+                raise DataError(f"user {user} not found in {frames_dir} (found: {', '.join(available)})")
         chosen = sorted(set(users), key=_natural_key)
     clips: list[Clip] = []
     for user in chosen:
         # Class folders are sorted by plain name, the same order that defines label indices.
         for class_dir in sorted(_subdirs(frames_dir / user), key=lambda p: p.name):
             for inst_dir in _subdirs(class_dir):
-                clips.append(
-                    _scan_clip(root, inst_dir, user, class_dir.name, need_mmaps, need_flow, min_frames)
-                )
+                clips.append(_scan_clip(root, inst_dir, user, class_dir.name, need_mmaps, need_flow, min_frames))
     if not clips:
         raise DataError(f"no clips found in {frames_dir} for users {', '.join(chosen)}")
     return clips
@@ -217,9 +211,7 @@ def nearest_mmap(clip: Clip, frame: int, max_reach: int = 5) -> Path:
         for candidate in (frame + distance, frame - distance):
             if candidate in clip.mmaps:
                 return clip.mmaps[candidate]
-    raise DataError(
-        f"no motion map within {max_reach} frames of frame {frame} in {clip.folder / 'mmaps'}"
-    )
+    raise DataError(f"no motion map within {max_reach} frames of frame {frame} in {clip.folder / 'mmaps'}")
 
 
 def sample_indices(num_frames: int, n: int) -> list[int]:

@@ -67,7 +67,6 @@ CLASS_ORDER: tuple[tuple[str, str], ...] = (
 )  # fmt: skip
 
 
-
 @dataclass(frozen=True)
 class _Scene:
     """Where a user films: background tint, stripe direction (stripes vary along a*x + b*y) and
@@ -114,10 +113,7 @@ def plan_classes(n: int) -> list[SyntheticClass]:
     """The first ``n`` classes of :data:`CLASS_ORDER` (2 <= n <= 18)."""
     if not 2 <= n <= len(CLASS_ORDER):
         raise ValueError(f"number of classes must be between 2 and {len(CLASS_ORDER)}, got {n}")
-    return [
-        SyntheticClass(f"{motion}_{obj}", obj, motion, i)
-        for i, (motion, obj) in enumerate(CLASS_ORDER[:n])
-    ]
+    return [SyntheticClass(f"{motion}_{obj}", obj, motion, i) for i, (motion, obj) in enumerate(CLASS_ORDER[:n])]
 
 
 def missing_class(n: int, users: int) -> str | None:
