@@ -33,7 +33,7 @@ class DataConfig:
     root: str = "synthetic"  # a GTEA61 root, or "synthetic" for the cached built-in set
     test_users: list[str] = field(default_factory=lambda: ["S2"])
     val_users: list[str] = field(default_factory=list)  # empty: stratified val_fraction of train
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # 0 with no val_users: train on all non-test users, keep last epochs
     frames: int = 7
     image_size: int = 224
     num_workers: int = 2
@@ -202,8 +202,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}: {v} must be >= 1")
     if d.image_size < 32 or d.image_size % 32:
         raise ConfigError(f"data.image_size: {d.image_size} must be a multiple of 32 (>= 32)")
-    if not 0.0 < d.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction: {d.val_fraction} is outside (0, 1)")
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: {d.val_fraction} is outside [0, 1)")
     if d.num_workers < 0 or d.mmap_reach < 0:
         raise ConfigError("data.num_workers and data.mmap_reach must be >= 0")
     if not d.test_users:

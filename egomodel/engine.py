@@ -27,6 +27,7 @@ from tqdm import tqdm
 from egomodel import checkpoint as ck
 from egomodel.config import Config, dump, flatten
 from egomodel.data.dataset import ClipDataset, DataBundle, load_bundle, make_loader
+from egomodel.model.backbone import calibrate_batchnorm
 from egomodel.model.network import EgoRNN
 from egomodel.report import confusion, plot_confusion, write_per_class
 from egomodel.stages import Stage, apply_stage, stage_plan
@@ -114,6 +115,8 @@ def train(
     start_i, start_epoch = 0, 0
     if state is None:
         seed_everything(cfg.train.seed)
+        if cfg.model.pretrained == "none":
+            _calibrate(model, train_ds, device)
     else:
         history, best = list(state["history"]), dict(state["best"])
         start_i = [s.number for s in plan].index(state["stage"])
@@ -143,12 +146,16 @@ def train(
             desc = f"stage {stage.number} epoch {epoch}/{stage.epochs}"
             metrics = train_epoch(model, loader, opt, cfg, device, desc, progress)
             sched.step()
-            val = evaluate(model, val_loader, cfg, device)
-            metrics.update(val_loss=val.loss, val_top1=val.top1, lr=lr)
+            metrics["lr"] = lr
             key = str(stage.number)
-            is_best = key not in best or val.top1 > best[key]["val_top1"]
+            if bundle.val:
+                val = evaluate(model, val_loader, cfg, device)
+                metrics.update(val_loss=val.loss, val_top1=val.top1)
+                is_best = key not in best or val.top1 > best[key]["val_top1"]
+            else:  # no validation set: each stage keeps its last epoch
+                is_best = True
             if is_best:
-                best[key] = {"val_top1": val.top1, "epoch": epoch}
+                best[key] = {"val_top1": metrics.get("val_top1", float("nan")), "epoch": epoch}
                 ck.save(ckdir / ck.best_name(stage.number), _payload(model, cfg, bundle, stage, epoch, g))
             history.append({"stage": stage.number, "epoch": epoch, "global_epoch": g, **metrics})
             ck.save(ckdir / ck.LAST, {
@@ -156,12 +163,21 @@ def train(
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "history": history, "best": best, "rng": torch.get_rng_state(),
             })
-            if progress:
-                tqdm.write(f"{desc}: loss {metrics['train_loss']:.3f} train {metrics['train_top1']:.3f} "
-                           f"val {val.top1:.3f} wait {metrics['data_wait_fraction']:.1%}")
+            tqdm.write(f"{desc}: loss {metrics['train_loss']:.3f} train {metrics['train_top1']:.3f} "
+                       f"val {metrics.get('val_top1', float('nan')):.3f} wait {metrics['data_wait_fraction']:.1%}")
             if callback is not None:
                 callback(EpochReport(stage.number, epoch, g, stage.epochs, metrics, is_best, ckdir))
     return finish(cfg, out, bundle, model, plan, best, history, device, evaluate_test)
+
+
+def _calibrate(model: EgoRNN, ds: ClipDataset, device: torch.device, clips: int = 16) -> None:
+    loader = make_loader(ds, 4, 0)
+    batches = []
+    for i, batch in enumerate(loader):
+        if i * 4 >= clips:
+            break
+        batches.append(batch["frames"].flatten(0, 1).to(device))
+    calibrate_batchnorm(model.backbone, batches)
 
 
 def _payload(model: EgoRNN, cfg: Config, bundle: DataBundle, stage: Stage, epoch: int, g: int) -> dict[str, Any]:
@@ -180,24 +196,24 @@ def finish(
     last = plan[-1].number
     best_path = out / "checkpoints" / ck.best_name(last)
     model.load_state_dict(ck.load(best_path)["model"])
-    val = evaluate(model, eval_loader(cfg, bundle, bundle.val), cfg, device)
     waits = [h["data_wait_fraction"] for h in history]
     metrics: dict[str, Any] = {
         "classes": bundle.classes,
         "num_train_clips": len(bundle.train), "num_val_clips": len(bundle.val), "num_test_clips": len(bundle.test),
         "data_fingerprint": bundle.fingerprint,
-        "val_top1": val.top1, "test_top1": None,
+        "val_top1": None, "test_top1": None,
         "best_checkpoint": str(best_path),
         "data_wait_fraction": float(np.mean(waits)) if waits else 0.0,
         "stages": {k: {"best_epoch": v["epoch"], "best_val_top1": v["val_top1"],
                        "epochs": next(s.epochs for s in plan if str(s.number) == k)} for k, v in best.items()},
         "history": history,
     }
-    if evaluate_test:
-        test = evaluate(model, eval_loader(cfg, bundle, bundle.test), cfg, device)
-        cm = confusion(test.labels, test.preds, len(bundle.classes))
-        metrics["test_top1"] = test.top1
-        plot_confusion(cm, bundle.classes, out / "confusion_test.png", f"test top-1 {test.top1:.3f}")
-        write_per_class(cm, bundle.classes, out / "per_class_test.csv")
+    splits = (["val"] if bundle.val else []) + (["test"] if evaluate_test else [])
+    for split in splits:
+        res = evaluate(model, eval_loader(cfg, bundle, getattr(bundle, split)), cfg, device)
+        cm = confusion(res.labels, res.preds, len(bundle.classes))
+        metrics[f"{split}_top1"] = res.top1
+        plot_confusion(cm, bundle.classes, out / f"confusion_{split}.png", f"{split} top-1 {res.top1:.3f}")
+        write_per_class(cm, bundle.classes, out / f"per_class_{split}.csv")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -43,7 +43,8 @@ def resolve_root(root: str) -> Path:
 def split_clips(
     clips: Sequence[Clip], cfg: DataConfig, seed: int, users: Sequence[str]
 ) -> tuple[list[Clip], list[Clip], list[Clip]]:
-    """Test = test users. Validation = named users, or a class-stratified fraction of the rest."""
+    """Test = test users. Validation = named users, or a class-stratified fraction of the rest
+    (none when ``val_fraction`` is 0: a final re-training on train+val users)."""
     for u in [*cfg.test_users, *cfg.val_users]:
         if u not in users:
             raise DataError(f"user {u} (data.test_users / data.val_users) has no folder; found {', '.join(users)}")
@@ -66,7 +67,7 @@ def split_clips(
         val = [c for c in rest if c.key in val_keys]
         train = [c for c in rest if c.key not in val_keys]
     for name, part in (("training", train), ("validation", val), ("test", test)):
-        if not part:
+        if not part and not (name == "validation" and cfg.val_fraction == 0 and not cfg.val_users):
             raise DataError(f"the {name} split is empty (users {', '.join(users)}, test {cfg.test_users})")
     return train, val, test
 

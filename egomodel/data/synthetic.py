@@ -41,6 +41,7 @@ from egomodel.data.layout import FLOW_X_DIR, FLOW_Y_DIR, FRAMES_DIR
 
 GENERATOR_VERSION = 1
 FLOW_SCALE = 4  # flow image value = 128 + FLOW_SCALE * displacement in pixels, clipped to 0..255
+OBJECT_SCALE = 0.25  # object side as a fraction of the frame's short side
 MARKER = ".complete"  # written last into a cached data set; its absence means "half-written"
 MIN_SIDE = 32  # smallest frame side at which every motion fits and moves by >= 1 pixel per frame
 
@@ -234,7 +235,7 @@ def _render_clip(
     shape, base_colour = OBJECTS[cls.obj]
     gain = np.asarray(_user_scene(user).gain)
     colour = np.clip((np.asarray(base_colour) + rng.integers(-15, 16, 3)) * gain, 0, 255)
-    size = round(0.25 * min(width, height) * rng.uniform(0.9, 1.1))
+    size = round(OBJECT_SCALE * min(width, height) * rng.uniform(0.9, 1.1))
     mask = _shape_mask(shape, size)
     obj = _object_image(mask, colour)
     h, w = mask.shape

@@ -74,3 +74,24 @@ def backbone_features(
 
 # channels and stride of each insertion point's features
 POINT_SHAPES = {"conv1": (64, 2), "layer1": (64, 4), "layer2": (64, 4), "layer3": (128, 8), "layer4": (256, 16)}
+
+
+@torch.no_grad()
+def calibrate_batchnorm(net: ResNet, batches: list[torch.Tensor]) -> None:
+    """Set BN running statistics from data (cumulative average over ``batches`` of frames).
+
+    Used only for random weights (``model.pretrained=none``): frozen BN layers in eval mode with
+    the default statistics (mean 0, var 1) let activations grow through 16 residual blocks and
+    saturate the ConvLSTM gates, so a frozen random backbone would teach stage 1 nothing.
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for x in batches:
+        backbone_features(net, x)
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum = momentum
+        m.train(training)

@@ -1,0 +1,1 @@
+"""Hyperparameter search over egomodel: YAML search spaces, Ray Tune + Optuna, MLflow records."""

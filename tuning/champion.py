@@ -1,0 +1,49 @@
+"""The champion: the best trial's checkpoint as an MLflow pyfunc model with alias ``champion``.
+
+``mlflow.pyfunc.load_model("models:/NAME@champion").predict(x)`` takes float32 (B, T, 3, H, W)
+normalised frames and returns (B, num_classes) class probabilities; the class names are in the
+model's metadata (``model.metadata.metadata["classes"]``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+ALIAS = "champion"
+_REPO = Path(__file__).resolve().parents[1]
+
+
+class EgoRNNModel(PythonModel):
+    def load_context(self, context: Any) -> None:
+        from egomodel.checkpoint import load_model
+
+        self.model, self.cfg, self.classes = load_model(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001 - mlflow reads these hints
+        import torch
+
+        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        with torch.no_grad():
+            return torch.softmax(self.model(x).logits.float(), dim=1).numpy()
+
+
+def register(client: mlflow.MlflowClient, run_id: str, checkpoint: Path, classes: list[str], name: str) -> str:
+    """Log the checkpoint as a pyfunc model in the trial's run, register it, point ``champion`` at it."""
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=EgoRNNModel(),
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(_REPO / "egomodel"), str(_REPO / "tuning")],
+            metadata={"classes": classes},
+            pip_requirements=["torch", "torchvision", "numpy", "pillow", "pyyaml"],
+        )
+    version = mlflow.register_model(info.model_uri, name)
+    client.set_registered_model_alias(name, ALIAS, version.version)
+    return f"models:/{name}@{ALIAS}"

@@ -1,0 +1,209 @@
+"""``python -m tuning.search --space NAME|PATH [--data PATH] ...``: the distributed search.
+
+Ray Tune schedules trials on the given cluster (a local one by default), Optuna's TPE proposes each
+trial's configuration, ASHA stops weak trials, every trial runs egomodel's stages, and the driver
+mirrors everything into MLflow and registers the best trial's model as ``champion``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from egomodel.config import Config, ConfigError, from_dict
+from egomodel.data.dataset import load_bundle, resolve_root
+from egomodel.data.layout import DataError
+from tuning.space import SearchSpace, SpaceError, decode, load_space, resolve_grace_period
+from tuning.tracking import TrackingError, check_reachable, parent_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SearchError(RuntimeError):
+    pass
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuning.search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default="smoke", help="a name under search_spaces/ or a YAML path (default: smoke)")
+    p.add_argument("--data", default=None, help="GTEA61 root; default: the built-in synthetic set")
+    p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's num_samples)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: the space's)")
+    p.add_argument("--address", default=None, help="Ray cluster: auto, ray://HOST:10001; default: start a local one")
+    p.add_argument("--storage", default=None, help="Ray storage path or URI (s3://...); default ./ray_results")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; default sqlite:///mlflow.db")
+    p.add_argument("--experiment", default=None, help="MLflow experiment and Ray run name (default: space name)")
+    p.add_argument("--model-name", default=None, help="registered model name (default: egosearch-EXPERIMENT)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    p.add_argument("--seed", type=int, default=None, help="training seed and TPE seed (default: the space's seed)")
+    return p
+
+
+def _positive(name: str, v: int | None) -> None:
+    if v is not None and v < 1:
+        raise SearchError(f"{name} must be >= 1, got {v}")
+
+
+def base_config(space: SearchSpace, extra: dict[str, Any]) -> Config:
+    try:
+        return from_dict({}, {**space.base, **extra})
+    except ConfigError as e:
+        raise SpaceError(f"{space.name}: base: {e}") from None
+
+
+def connect_ray(address: str | None, storage: str) -> None:
+    import ray
+
+    try:
+        if address is None:
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [
+                str(REPO), os.environ.get("PYTHONPATH", "")]))}}, log_to_driver=True)
+        else:
+            ray.init(address=address)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SearchError(f"cannot connect to the Ray cluster at {address}: {e}") from None
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and "://" not in storage:
+        raise SearchError(
+            f"--storage {storage} is a path on this node, but the cluster has {len(nodes)} nodes: trials on other "
+            "nodes could not save checkpoints there. Pass a location every node sees: s3://BUCKET/ray_results, "
+            "gs://..., or a shared mount present on every node."
+        )
+
+
+def trial_resources(space: SearchSpace) -> dict[str, float]:
+    import ray
+
+    res = dict(space.resources)
+    if res.get("gpu", 0) > 0 and ray.cluster_resources().get("GPU", 0) == 0:
+        print(f"note: the cluster has no GPU; trials run on CPU (the space asked for gpu {res['gpu']})")
+        res["gpu"] = 0
+    return res
+
+
+def pick_best(results: Any, space: SearchSpace) -> Any | None:
+    """Best finished trial by the space's metric; early-stopped and failed trials are not candidates."""
+    done = [r for r in results if r.error is None and r.metrics and r.metrics.get("final")]
+    if not done:
+        return None
+    sign = 1 if space.mode == "max" else -1
+    return max(done, key=lambda r: sign * float(r.metrics[space.metric]))
+
+
+def run(args: argparse.Namespace) -> int:
+    _positive("--num-samples", args.num_samples)
+    _positive("--max-concurrent", args.max_concurrent)
+    space = load_space(args.space)  # a bad space fails here, before anything starts
+    seed = space.seed if args.seed is None else args.seed
+    if args.data is None:
+        print("no --data given: using the built-in synthetic data set (generated once, cached)")
+    data_root = str(resolve_root(args.data or "synthetic").resolve())
+    extra = {"data.root": data_root, "train.seed": seed}
+    cfg = base_config(space, extra)
+    variants = {cfg.model.variant, *(c for p in space.params if p.key == "model.variant" for c in p.choices)}
+    bundle = load_bundle(cfg.data, seed, need_mmaps=bool(variants & {"ms", "feedback"}))
+    storage = args.storage or str(Path("ray_results").resolve())
+    name = args.experiment or space.name
+    tracking_uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    client = check_reachable(tracking_uri)
+
+    from ray import tune
+
+    from tuning.searcher import make_scheduler, make_searcher
+    from tuning.trainable import TrialSetup, run_trial, total_epochs
+    from tuning.tracking import MlflowCallback
+
+    connect_ray(args.address, storage)
+    path = storage.rstrip("/") + "/" + name
+    exists = tune.Tuner.can_restore(path)
+    if args.resume and not exists:
+        raise SearchError(f"--resume: nothing to resume at {path} (no search named {name!r} there)")
+    if not args.resume and exists:
+        raise SearchError(f"a search already exists at {path}: add --resume to continue it, "
+                          "or pass another --experiment name")
+    parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume)
+    setup = TrialSetup(space, data_root, seed)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(space))
+    if args.resume:
+        print(f"resuming the search at {path}")
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+    else:
+        n_total = total_epochs(cfg)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=make_searcher(space, args.max_concurrent or space.max_concurrent, seed),
+                scheduler=make_scheduler(space, n_total, resolve_grace_period(space, cfg)),
+                num_samples=args.num_samples or space.num_samples,
+                metric=space.metric, mode=space.mode,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage,
+                callbacks=[MlflowCallback(tracking_uri, parent_id, space, extra)],
+                failure_config=tune.FailureConfig(max_failures=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            ),
+        )
+    results = tuner.fit()
+    return finish(results, space, client, parent_id, name, args, tracking_uri)
+
+
+def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: str,
+           args: argparse.Namespace, tracking_uri: str) -> int:
+    from tuning.champion import register
+    from tuning.tracking import TRIAL_TAG
+
+    best = pick_best(results, space)
+    if best is None:
+        client.set_terminated(parent_id, "FAILED")
+        print("no trial finished; see the Ray trial table above and the MLflow runs", file=sys.stderr)
+        return 1
+    trial_id = best.metrics["trial_id"]
+    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                              f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+    run_id = runs[0].info.run_id
+    with best.checkpoint.as_directory() as d:
+        ckpt = next(Path(d).glob("stage*_best.pt"))
+        from egomodel.checkpoint import load
+
+        classes = list(load(ckpt)["classes"])
+        model_name = args.model_name or f"egosearch-{name}"
+        uri = register(client, run_id, ckpt, classes, model_name)
+    for k, v in {"best_trial_id": trial_id, "best_run_id": run_id, "champion": uri}.items():
+        client.set_tag(parent_id, k, v)
+    client.log_metric(parent_id, f"best_{space.metric}", float(best.metrics[space.metric]))
+    client.set_terminated(parent_id, "FINISHED")
+    params = decode(space, best.config)
+    print("\nbest trial:", trial_id)
+    for k in sorted({p.key for p in space.params} & set(params)):
+        print(f"  {k} = {params[k]}")
+    print(f"  {space.metric} = {best.metrics[space.metric]:.4f}\n  MLflow run id: {run_id}\n  model: {uri}")
+    ui = tracking_uri if not tracking_uri.startswith("http") else None
+    print("\nnext:")
+    print(f"  mlflow ui --backend-store-uri {ui}" if ui else f"  open {tracking_uri} in a browser")
+    print(f"  python -m tuning.retrain --run-id {run_id} --tracking-uri {tracking_uri}"
+          + (f" --data {args.data}" if args.data else ""))
+    return 0
+
+
+USER_ERRORS = (SpaceError, SearchError, TrackingError, ConfigError, DataError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The Ray Tune trainable: one trial = egomodel's stages for one sampled configuration.
+
+It only translates: Optuna's sample -> egomodel config, egomodel's per-epoch callback ->
+``ray.tune.report`` with a checkpoint, ``ray.tune.get_checkpoint()`` -> ``resume=True``.
+MLflow is written by the driver (see :mod:`tuning.tracking`), never from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from egomodel import checkpoint as ck
+from egomodel.engine import EpochReport, train
+from egomodel.stages import stage_plan
+from tuning.space import SearchSpace, trial_config
+
+FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "config.yaml")
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial shares: passed once through ``tune.with_parameters``."""
+
+    space: SearchSpace
+    data_root: str
+    seed: int
+
+
+def total_epochs(cfg: Any) -> int:
+    return sum(s.epochs for s in stage_plan(cfg.model.variant, cfg.train))
+
+
+def _checkpoint_dir(ckdir: Path, stage: int, extra: Path | None = None) -> Path:
+    """Hard-link (or copy) the resume state into a fresh folder for ``tune.report``."""
+    tmp = Path(tempfile.mkdtemp(prefix="egockpt-"))
+    names = [ck.LAST, ck.best_name(stage)]
+    for name in names:
+        src = ckdir / name
+        if src.exists():
+            try:
+                os.link(src, tmp / name)
+            except OSError:
+                shutil.copy2(src, tmp / name)
+    if extra is not None:
+        for name in FINAL_FILES:
+            if (extra / name).exists():
+                shutil.copy2(extra / name, tmp / name)
+    return tmp
+
+
+def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    cfg = trial_config(setup.space, config, {"data.root": setup.data_root, "train.seed": setup.seed})
+    work = Path(tune.get_context().get_trial_dir()) / "work"
+    ckdir = work / "checkpoints"
+    resume = False
+    restored = tune.get_checkpoint()
+    if restored is not None:  # a retry after a failure, or a restored search
+        restored.to_directory(str(ckdir))
+        resume = (ckdir / ck.LAST).exists()
+    n_total = total_epochs(cfg)
+    held: list[dict[str, Any]] = []
+
+    def report(r: EpochReport) -> None:
+        metrics = {**r.metrics, "stage": r.stage, "stage_epoch": r.epoch, "global_epoch": r.global_epoch,
+                   "total_epochs": n_total, "final": False}
+        if r.global_epoch == n_total:
+            # ASHA stops a trial once it reports max_t: the last epoch goes out with the final summary
+            held.append(metrics)
+            return
+        folder = _checkpoint_dir(r.checkpoint_dir, r.stage)
+        try:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    final = train(cfg, work, callback=report, resume=resume, evaluate_test=False, progress=False)
+    last_stage = stage_plan(cfg.model.variant, cfg.train)[-1].number
+    folder = _checkpoint_dir(ckdir, last_stage, extra=work)
+    summary = {k: v for k, v in final.items() if k not in ("history", "classes")}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    last = held[-1] if held else {"global_epoch": n_total, "total_epochs": n_total, "stage": last_stage}
+    try:
+        # the search's metric is the best checkpoint's validation score (the model a user would take)
+        tune.report(
+            {**last, "epoch_val_top1": last.get("val_top1"), "val_top1": final["val_top1"], "final": True,
+             "mean_data_wait_fraction": final["data_wait_fraction"]},
+            checkpoint=tune.Checkpoint.from_directory(str(folder)),
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
