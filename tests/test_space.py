@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,14 @@ VALID: dict[str, Any] = {
         },
     },
     "points": [
-        {"model.alpha": 1.0, "model.ms_task": "classification", "model.tau": 0.2, "model.hidden": 32,
-         "model.insertion": "conv1", "train.stage3.trainable": ["conv1", "layer4"]},
+        {
+            "model.alpha": 1.0,
+            "model.ms_task": "classification",
+            "model.tau": 0.2,
+            "model.hidden": 32,
+            "model.insertion": "conv1",
+            "train.stage3.trainable": ["conv1", "layer4"],
+        },
     ],
 }
 
@@ -103,9 +110,15 @@ def test_smoke_space_is_tiny():
 
 def test_ablation_leaves_stage1_and_data_alone():
     space = load_space("ablation")
-    assert not [p.key for p in space.params if p.key.startswith(("train.stage1.", "data.", "train.seed"))]
+    stage1 = ("train.stage1.", "data.", "train.seed", "model.variant")
+    assert not [p.key for p in space.params if p.key.startswith(stage1)]
     assert {p.key for p in space.params} >= {
-        "model.alpha", "model.tau", "model.ms_task", "model.insertion", "train.stage2.lr", "train.stage3.lr",
+        "model.alpha",
+        "model.tau",
+        "model.ms_task",
+        "model.insertion",
+        "train.stage2.lr",
+        "train.stage3.lr",
         "train.stage3.trainable",
     }
     tau = next(p for p in space.params if p.key == "model.tau")
@@ -118,8 +131,14 @@ def test_paper_space_holds_table3_rows():
     assert space.num_samples == len(space.points) == 6 and space.scheduler.type == "fifo"
     cfgs = [trial_config(space, encode_point(space, p)) for p in space.points]
     rows = [(c.model.variant, c.model.ms_task if c.model.variant in ("ms", "feedback") else None) for c in cfgs]
-    assert rows == [("convlstm", None), ("attention", None), ("ms", "regression_mse"), ("ms", "regression_l1"),
-                    ("ms", "classification"), ("feedback", "classification")]
+    assert rows == [
+        ("convlstm", None),
+        ("attention", None),
+        ("ms", "regression_mse"),
+        ("ms", "regression_l1"),
+        ("ms", "classification"),
+        ("feedback", "classification"),
+    ]
     chosen = cfgs[-1]
     assert (chosen.model.alpha, chosen.model.tau, chosen.model.insertion) == (1.0, 0.2, "conv1")
     assert set(chosen.train.stage3.trainable) == {"conv1", "layer4", "feedback", "convlstm", "classifier", "fc"}
@@ -132,6 +151,18 @@ def test_load_by_path_and_unknown_name(tmp_path: Path):
         load_space("no_such_space")
     with pytest.raises(SpaceError, match="no such"):
         load_space(tmp_path / "missing.yaml")
+    assert load_space("smoke.yaml").path == SPACES_DIR / "smoke.yaml"
+    assert pickle.loads(pickle.dumps(space)) == space
+
+
+def test_documented_example_loads(tmp_path: Path):
+    doc = (SPACES_DIR.parent / "docs" / "search_spaces.md").read_text()
+    example = re.search(r"## A complete example\n\n```yaml\n(.*?)```", doc, re.S)
+    assert example, "docs/search_spaces.md lost its example"
+    space = load_space(write(tmp_path, example.group(1), "example.yaml"))
+    assert space.name == "example" and len(space.points) == 1
+    cfg = trial_config(space, encode_point(space, space.points[0]))
+    assert resolve_grace_period(space, cfg) == 31  # stage 1: 300 * 0.1 epochs, then the first of stage 2
 
 
 def test_defaults(tmp_path: Path):
@@ -208,12 +239,15 @@ BAD = [
     (mutate(f"{P}/model.tau/when", {"model.alpha": [1.0]}), "params.model.tau.when.model.alpha"),
     (mutate(f"{P}/model.tau/when", {"model.tau": [0.1]}), "params.model.tau.when.model.tau"),
     (mutate(f"{P}/model.tau/when", {}), "params.model.tau.when"),
-    (mutate(f"{P}/model.tau/high", 1.5), "params.model.tau"),  # deep check: egomodel allows tau <= 1
+    (mutate(f"{P}/model.tau/high", 1.5), "params.model.tau (high)"),  # deep check: egomodel allows tau <= 1
     (mutate(f"{P}/model.tau/type", "int"), "params.model.tau"),  # bounds 0.0 and 0.4 are not integers
     (mutate(f"{P}/model.insertion/type", "float"), "params.model.insertion"),  # low/high missing
-    (mutate(f"{P}/model.variant", {"type": "float", "low": 0, "high": 1}), "params.model.variant"),  # deep
+    (
+        {**mutate(f"{P}/train.precision", {"type": "float", "low": 0, "high": 1}), "points": []},
+        "params.train.precision (low)",
+    ),  # deep check: a float for a string key
     (mutate("base/model.alpha", 1.0), "params.model.alpha"),  # also in base
-    (mutate("base/model.tau", 3.0), "base"),  # deep check of base alone
+    (mutate("base/model.dropout", 1.5), "base: egomodel rejects it: model.dropout"),  # deep check of base
     (mutate("metric", 3), "metric"),
     (mutate("metric", ""), "metric"),
     (mutate("mode", "maximize"), "mode"),
@@ -281,8 +315,10 @@ def test_condition_cycle(tmp_path: Path):
         ("metric: val_top1\nparams:\n  model.alpha: {type: float, low: 1\n", "space.yaml:4: YAML syntax error"),
         ("- a\n- b\n", "space: expected a mapping"),
         ("", "space: expected a mapping"),
-        ("params:\n  model.alpha: {type: float, low: 1, high: 2}\n  model.alpha: {type: float, low: 1, high: 3}\n",
-         "duplicate key 'model.alpha'"),
+        (
+            "params:\n  model.alpha: {type: float, low: 1, high: 2}\n  model.alpha: {type: float, low: 1, high: 3}\n",
+            "duplicate key 'model.alpha'",
+        ),
         ("params: !!python/object:os.system {}\n", "YAML syntax error"),
     ],
 )
@@ -434,8 +470,14 @@ def test_encode_point_subset_accepts_always_blocks():
     encoded = encode_point(space, point)
     assert encoded["train.stage3.trainable[conv1]"] and encoded["train.stage3.trainable[layer4]"]
     assert not encoded["train.stage3.trainable[layer2]"]
-    assert decode(space, encoded)["train.stage3.trainable"] == ["feedback", "convlstm", "classifier", "fc",
-                                                                "conv1", "layer4"]
+    assert decode(space, encoded)["train.stage3.trainable"] == [
+        "feedback",
+        "convlstm",
+        "classifier",
+        "fc",
+        "conv1",
+        "layer4",
+    ]
 
 
 def test_trial_config_extra_and_errors():
@@ -455,7 +497,10 @@ def test_ray_optuna_search_uses_it():
 
     space = load_space("paper")
     searcher = OptunaSearch(
-        space=DefineByRun(space), metric=space.metric, mode=space.mode, seed=space.seed,
+        space=DefineByRun(space),
+        metric=space.metric,
+        mode=space.mode,
+        seed=space.seed,
         points_to_evaluate=[encode_point(space, p) for p in space.points],
     )
     for i, point in enumerate(space.points):
@@ -466,20 +511,62 @@ def test_ray_optuna_search_uses_it():
 
 # --- fuzz: any malformed space is a SpaceError -----------------------------------------------------------------
 
-WORDS = [
-    "float", "int", "categorical", "subset", "auto", "asha", "fifo", "max", "min", "conv1", "layer4", "feedback",
-    "classification", "regression_mse", "model.alpha", "model.tau", "model.ms_task", "model.variant",
-    "train.stage3.trainable", "train.stage1.epochs", "data.frames", "low", "high", "log", "step", "choices",
-    "always", "when", "type", "cpu", "gpu", "1e-3", "", "params", "base", "points",
-] + sorted(known_keys())[:12] + list(BLOCKS)
+WORDS = (
+    [
+        "float",
+        "int",
+        "categorical",
+        "subset",
+        "auto",
+        "asha",
+        "fifo",
+        "max",
+        "min",
+        "conv1",
+        "layer4",
+        "feedback",
+        "classification",
+        "regression_mse",
+        "model.alpha",
+        "model.tau",
+        "model.ms_task",
+        "model.variant",
+        "train.stage3.trainable",
+        "train.stage1.epochs",
+        "data.frames",
+        "low",
+        "high",
+        "log",
+        "step",
+        "choices",
+        "always",
+        "when",
+        "type",
+        "cpu",
+        "gpu",
+        "1e-3",
+        "",
+        "params",
+        "base",
+        "points",
+    ]
+    + sorted(known_keys())[:12]
+    + list(BLOCKS)
+)
 scalars = (
-    st.none() | st.booleans() | st.integers(-3, 300) | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
-    | st.sampled_from(WORDS) | st.text(max_size=6)
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 300)
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(WORDS)
+    | st.text(max_size=6)
 )
 values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(WORDS) | scalars, children,
-                                                                     max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(WORDS) | scalars, children, max_size=4)
+    ),
     max_leaves=8,
 )
 
@@ -492,8 +579,11 @@ def malformed_spaces(draw: st.DrawFn) -> Any:
             break
         node = data
         while True:  # walk down to a random container
-            children = [k for k, v in (node.items() if isinstance(node, dict) else enumerate(node))
-                        if isinstance(v, (dict, list))]
+            children = [
+                k
+                for k, v in (node.items() if isinstance(node, dict) else enumerate(node))
+                if isinstance(v, (dict, list))
+            ]
             if not children or draw(st.booleans()):
                 break
             child = draw(st.sampled_from(children))

@@ -30,8 +30,18 @@ MODES = ("max", "min")
 SCHEDULERS = ("asha", "fifo")
 RESOURCES = ("cpu", "gpu")
 TOP_KEYS = (
-    "name", "description", "metric", "mode", "num_samples", "max_concurrent", "seed",
-    "resources", "scheduler", "base", "params", "points",
+    "name",
+    "description",
+    "metric",
+    "mode",
+    "num_samples",
+    "max_concurrent",
+    "seed",
+    "resources",
+    "scheduler",
+    "base",
+    "params",
+    "points",
 )
 _FIELDS = {  # allowed fields of a param spec, per type
     "float": ("type", "low", "high", "log", "step", "when"),
@@ -342,7 +352,7 @@ def _order(params: dict[str, Param]) -> tuple[Param, ...]:
         if key in done:
             return
         if key in visiting:
-            cycle = " -> ".join(visiting[visiting.index(key):] + [key])
+            cycle = " -> ".join(visiting[visiting.index(key) :] + [key])
             raise SpaceError(f"params.{key}.when: conditions form a cycle ({cycle})")
         visiting.append(key)
         for other, _ in params[key].when:
@@ -491,13 +501,14 @@ def _scheduler(v: Any) -> Scheduler:
         raise SpaceError(f"scheduler.type: unknown scheduler {t!r} (known: {', '.join(SCHEDULERS)})")
     for f in v:
         if f not in _SCHEDULER_FIELDS[t]:
-            raise SpaceError(f"scheduler.{f}: unknown field for the {t} scheduler "
-                             f"(allowed: {', '.join(_SCHEDULER_FIELDS[t])})")
+            raise SpaceError(
+                f"scheduler.{f}: unknown field for the {t} scheduler (allowed: {', '.join(_SCHEDULER_FIELDS[t])})"
+            )
     grace = v.get("grace_period", "auto")
     if grace == "auto":
         grace = None
     elif isinstance(grace, bool) or not isinstance(grace, int) or grace < 1:
-        raise SpaceError(f"scheduler.grace_period: expected an integer >= 1 or \"auto\", got {grace!r}")
+        raise SpaceError(f'scheduler.grace_period: expected an integer >= 1 or "auto", got {grace!r}')
     factor = _number("scheduler.reduction_factor", v.get("reduction_factor", 2.0))
     if factor <= 1:
         raise SpaceError(f"scheduler.reduction_factor: {factor} must be > 1")
@@ -508,8 +519,10 @@ def _base(v: Any, known: dict[str, Any]) -> dict[str, Any]:
     v = _mapping("base", {} if v is None else v, " of dotted egomodel keys to values")
     for k in v:
         if not isinstance(k, str) or k not in known:
-            raise SpaceError(f"base.{k}: not an egomodel config key (use dotted keys such as model.alpha)"
-                             f"{_suggest(str(k), list(known))}")
+            raise SpaceError(
+                f"base.{k}: not an egomodel config key (use dotted keys such as model.alpha)"
+                f"{_suggest(str(k), list(known))}"
+            )
     return dict(v)
 
 
@@ -560,9 +573,19 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
 
     _deep_check(base, params, points)
     return SearchSpace(
-        name=name, path=path, text=text, metric=metric, mode=mode, num_samples=num_samples,
-        max_concurrent=max_concurrent, seed=seed, resources=resources, scheduler=scheduler,
-        base=base, params=params, points=points,
+        name=name,
+        path=path,
+        text=text,
+        metric=metric,
+        mode=mode,
+        num_samples=num_samples,
+        max_concurrent=max_concurrent,
+        seed=seed,
+        resources=resources,
+        scheduler=scheduler,
+        base=base,
+        params=params,
+        points=points,
     )
 
 
@@ -575,13 +598,17 @@ def _resolve(name_or_path: str | Path) -> Path:
     s = str(name_or_path)
     if isinstance(name_or_path, Path) or "/" in s or "\\" in s or s.endswith((".yaml", ".yml")):
         path = Path(name_or_path)
+        if not path.is_file() and path.parent == Path(".") and (SPACES_DIR / path.name).is_file():
+            path = SPACES_DIR / path.name  # "smoke.yaml" from any working folder
         if not path.is_file():
             raise SpaceError(f"{path}: no such search-space file")
         return path
     path = SPACES_DIR / f"{s}.yaml"
     if not path.is_file():
-        raise SpaceError(f"unknown search space {s!r} (available: {', '.join(list_spaces()) or 'none'}; "
-                         "or give a path to a .yaml file)")
+        raise SpaceError(
+            f"unknown search space {s!r} (available: {', '.join(list_spaces()) or 'none'}; "
+            "or give a path to a .yaml file)"
+        )
     return path
 
 
@@ -606,8 +633,9 @@ def optuna_name(param: Param, block: str | None = None) -> str:
     """The Optuna (and Ray config) name of a param, or of one block of a subset param."""
     if param.type == "subset":
         if block is None or block not in param.choices:
-            raise ValueError(f"{param.key}: a subset param needs one of its blocks {list(param.choices)}, "
-                             f"got {block!r}")
+            raise ValueError(
+                f"{param.key}: a subset param needs one of its blocks {list(param.choices)}, got {block!r}"
+            )
         return f"{param.key}[{block}]"
     if block is not None:
         raise ValueError(f"{param.key}: only subset params take a block")
