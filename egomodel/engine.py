@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,15 @@ from egomodel.config import Config, dump, flatten
 from egomodel.data.dataset import ClipDataset, DataBundle, load_bundle, make_loader
 from egomodel.model.backbone import calibrate_batchnorm
 from egomodel.model.network import EgoRNN
+from egomodel.prefix import StageStore, shared_state, stage_key
 from egomodel.report import confusion, plot_confusion, write_per_class
 from egomodel.stages import Stage, apply_stage, stage_plan
 from egomodel.steps import evaluate, pick_device, train_epoch
 
 # keys that may differ between a run and its resume without changing the result
 RESUME_FREE_KEYS = {"data.num_workers", "data.root", "train.device"}
+# blocks before (or in) the MS head: if none trains, the MS loss cannot change anything
+MS_UPSTREAM = {"conv1", "layer1", "layer2", "layer3", "layer4", "ms_head", "feedback"}
 
 
 @dataclass
@@ -46,6 +49,7 @@ class EpochReport:
     metrics: dict[str, float]
     is_best: bool  # best validation top-1 of this stage so far
     checkpoint_dir: Path  # last.pt + stage bests: everything a resume needs
+    from_store: bool = False  # the epoch ran in another trial; this one took the stage from the store
 
 
 Callback = Callable[[EpochReport], None]
@@ -89,6 +93,8 @@ def train(
     resume: bool = False,
     evaluate_test: bool = True,
     progress: bool = True,
+    store: StageStore | None = None,
+    owner: str = "",
 ) -> dict[str, Any]:
     """Run every stage of ``cfg.model.variant``; see the module docstring for the contract."""
     out = Path(out_dir)
@@ -104,21 +110,25 @@ def train(
     dump(cfg, out / "config.yaml")
 
     device = pick_device(cfg.train.device)
+    if device.type == "cpu":
+        # with 2+ threads some CPU kernels reduce in a varying order; this picks the fixed-order
+        # ones, so a resumed run ends with exactly the weights of an uninterrupted one
+        torch.use_deterministic_algorithms(True, warn_only=True)
     plan = stage_plan(cfg.model.variant, cfg.train)
     offsets = np.cumsum([0] + [s.epochs for s in plan]).tolist()
+    seed_everything(cfg.train.seed)  # weights initialise the same way for the same seed
     model = EgoRNN(cfg.model, len(bundle.classes), cfg.data.image_size).to(device)
     train_ds = ClipDataset(bundle.train, bundle.classes, cfg.data, cfg.train.seed, with_mmaps=uses_mmaps(cfg))
     val_loader = eval_loader(cfg, bundle, bundle.val)
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, dict[str, float]] = {}
+    run = _Run(cfg, out, bundle, model, device, train_ds, val_loader, callback, progress)
     start_i, start_epoch = 0, 0
     if state is None:
-        seed_everything(cfg.train.seed)
         if cfg.model.pretrained == "none":
             _calibrate(model, train_ds, device)
     else:
-        history, best = list(state["history"]), dict(state["best"])
+        run.history, run.best = list(state["history"]), dict(state["best"])
+        run.from_store = list(state.get("from_store", []))
         start_i = [s.number for s in plan].index(state["stage"])
         start_epoch = state["epoch"]
         if start_epoch >= plan[start_i].epochs:  # resumed exactly at a stage boundary
@@ -128,46 +138,129 @@ def train(
 
     for i in range(start_i, len(plan)):
         stage = plan[i]
-        mid_stage = state is not None and i == start_i and start_epoch > 0
-        if i > 0 and not mid_stage:  # stage n starts from stage n-1's best by validation
+        if state is not None and i == start_i and start_epoch > 0:  # resumed mid-stage
+            run.stage(stage, offsets[i], state, start_epoch)
+            continue
+        # each stage's randomness depends only on the seed and the stage, not on which heads the
+        # variant built, so trials that differ only in later stages share earlier ones exactly
+        torch.manual_seed(cfg.train.seed * 1000 + stage.number)
+        if i > 0:  # stage n starts from stage n-1's best by validation
             model.load_state_dict(ck.load(ckdir / ck.best_name(plan[i - 1].number))["model"])
-        apply_stage(model, stage.trainable)
+        if store is None:
+            run.stage(stage, offsets[i])
+            continue
+        key = stage_key(cfg, bundle.fingerprint, stage.number)
+        stored = store.get_or_claim(key, owner)
+        if stored is not None:
+            run.load_stored(stage, offsets[i], stored, key)
+            continue
+        try:
+            run.stage(stage, offsets[i])
+        except BaseException:
+            store.release(key)
+            raise
+        store.put(key, run.stored_payload(stage, owner))
+    return finish(cfg, out, bundle, model, plan, run.best, run.history, device, evaluate_test, run.from_store)
+
+
+@dataclass
+class _Run:
+    """State shared by the stages of one training run."""
+
+    cfg: Config
+    out: Path
+    bundle: DataBundle
+    model: EgoRNN
+    device: torch.device
+    train_ds: ClipDataset
+    val_loader: torch.utils.data.DataLoader
+    callback: Callback | None
+    progress: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, dict[str, float]] = field(default_factory=dict)
+    from_store: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ckdir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def stage(self, stage: Stage, offset: int, state: dict[str, Any] | None = None, done: int = 0) -> None:
+        """Train one stage (from epoch ``done`` + 1, restoring optimiser state when resuming)."""
+        cfg, model, device = self.cfg, self.model, self.device
+        active = apply_stage(model, stage.trainable)
+        ms_on = bool(set(active) & MS_UPSTREAM)  # the MS loss matters only if something before it trains
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=stage.lr, weight_decay=cfg.train.weight_decay, eps=cfg.train.eps)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(stage.milestones), stage.gamma)
-        if mid_stage:
+        if state is not None:
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
-        first = start_epoch + 1 if mid_stage else 1
-        for epoch in range(first, stage.epochs + 1):
-            g = offsets[i] + epoch
-            loader = make_loader(train_ds, stage.batch_size, cfg.data.num_workers, epoch_key=g)
+        key = str(stage.number)
+        for epoch in range(done + 1, stage.epochs + 1):
+            g = offset + epoch
+            loader = make_loader(self.train_ds, stage.batch_size, cfg.data.num_workers, epoch_key=g)
             lr = opt.param_groups[0]["lr"]
             desc = f"stage {stage.number} epoch {epoch}/{stage.epochs}"
-            metrics = train_epoch(model, loader, opt, cfg, device, desc, progress)
+            metrics = train_epoch(model, loader, opt, cfg, device, desc, self.progress, ms_on)
             sched.step()
             metrics["lr"] = lr
-            key = str(stage.number)
-            if bundle.val:
-                val = evaluate(model, val_loader, cfg, device)
+            if self.bundle.val:
+                val = evaluate(model, self.val_loader, cfg, device, ms_on)
                 metrics.update(val_loss=val.loss, val_top1=val.top1)
-                is_best = key not in best or val.top1 > best[key]["val_top1"]
+                is_best = key not in self.best or val.top1 > self.best[key]["val_top1"]
             else:  # no validation set: each stage keeps its last epoch
                 is_best = True
             if is_best:
-                best[key] = {"val_top1": metrics.get("val_top1", float("nan")), "epoch": epoch}
-                ck.save(ckdir / ck.best_name(stage.number), _payload(model, cfg, bundle, stage, epoch, g))
-            history.append({"stage": stage.number, "epoch": epoch, "global_epoch": g, **metrics})
-            ck.save(ckdir / ck.LAST, {
-                **_payload(model, cfg, bundle, stage, epoch, g),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "history": history, "best": best, "rng": torch.get_rng_state(),
-            })
+                self.best[key] = {"val_top1": metrics.get("val_top1", float("nan")), "epoch": epoch}
+                ck.save(self.ckdir / ck.best_name(stage.number), self.payload(stage, epoch, g))
+            self.history.append({"stage": stage.number, "epoch": epoch, "global_epoch": g, **metrics})
+            self.save_last(stage, epoch, g, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
             tqdm.write(f"{desc}: loss {metrics['train_loss']:.3f} train {metrics['train_top1']:.3f} "
                        f"val {metrics.get('val_top1', float('nan')):.3f} wait {metrics['data_wait_fraction']:.1%}")
-            if callback is not None:
-                callback(EpochReport(stage.number, epoch, g, stage.epochs, metrics, is_best, ckdir))
-    return finish(cfg, out, bundle, model, plan, best, history, device, evaluate_test)
+            if self.callback is not None:
+                self.callback(EpochReport(stage.number, epoch, g, stage.epochs, metrics, is_best, self.ckdir))
+
+    def payload(self, stage: Stage, epoch: int, g: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "config": self.cfg.to_dict(), "classes": self.bundle.classes,
+            "stage": stage.number, "epoch": epoch, "global_epoch": g, "fingerprint": self.bundle.fingerprint,
+        }
+
+    def save_last(self, stage: Stage, epoch: int, g: int, extra: dict[str, Any]) -> None:
+        ck.save(self.ckdir / ck.LAST, {
+            **self.payload(stage, epoch, g), **extra, "history": self.history, "best": self.best,
+            "rng": torch.get_rng_state(), "from_store": self.from_store,
+        })
+
+    def stored_payload(self, stage: Stage, owner: str) -> dict[str, Any]:
+        """This stage's result for the store: its best weights (shared part), rows and best epoch."""
+        best = ck.load(self.ckdir / ck.best_name(stage.number))["model"]
+        rows = [h for h in self.history if h["stage"] == stage.number]
+        return {"state": shared_state(best, stage.number), "rows": rows, "best": self.best[str(stage.number)],
+                "computed_by": owner}
+
+    def load_stored(self, stage: Stage, offset: int, path: Path, key: str) -> None:
+        """Take a stage's result from the store instead of computing it, as if it had run here."""
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        missing = set(shared_state(self.model.state_dict(), stage.number)) - set(stored["state"])
+        if missing:
+            raise ResumeError(f"stored stage {stage.number} result {key[:12]} lacks {sorted(missing)[:3]}")
+        self.model.load_state_dict(stored["state"], strict=False)
+        apply_stage(self.model, stage.trainable)  # the state this stage leaves the model in
+        best = stored["best"]
+        self.best[str(stage.number)] = best
+        rows = [{**r, "global_epoch": offset + r["epoch"], "from_store": True} for r in stored["rows"]]
+        self.history.extend(rows)
+        self.from_store.append({"stage": stage.number, "key": key, "computed_by": stored["computed_by"]})
+        tqdm.write(f"stage {stage.number}: taken from the stage store (computed by {stored['computed_by']})")
+        g = offset + stage.epochs
+        ck.save(self.ckdir / ck.best_name(stage.number), self.payload(stage, best["epoch"], offset + best["epoch"]))
+        self.save_last(stage, stage.epochs, g, {})
+        if self.callback is not None:
+            for r in rows:
+                self.callback(EpochReport(stage.number, r["epoch"], r["global_epoch"], stage.epochs,
+                                          {k: v for k, v in r.items() if k not in ("stage", "epoch", "global_epoch")},
+                                          r["epoch"] == best["epoch"], self.ckdir, from_store=True))
 
 
 def _calibrate(model: EgoRNN, ds: ClipDataset, device: torch.device, clips: int = 16) -> None:
@@ -180,17 +273,10 @@ def _calibrate(model: EgoRNN, ds: ClipDataset, device: torch.device, clips: int 
     calibrate_batchnorm(model.backbone, batches)
 
 
-def _payload(model: EgoRNN, cfg: Config, bundle: DataBundle, stage: Stage, epoch: int, g: int) -> dict[str, Any]:
-    return {
-        "model": model.state_dict(), "config": cfg.to_dict(), "classes": bundle.classes,
-        "stage": stage.number, "epoch": epoch, "global_epoch": g, "fingerprint": bundle.fingerprint,
-    }
-
-
 def finish(
     cfg: Config, out: Path, bundle: DataBundle, model: EgoRNN, plan: list[Stage],
     best: dict[str, dict[str, float]], history: list[dict[str, Any]], device: torch.device,
-    evaluate_test: bool,
+    evaluate_test: bool, from_store: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the last stage's best checkpoint and write metrics, confusion matrix, per-class table."""
     last = plan[-1].number
@@ -207,6 +293,7 @@ def finish(
         "stages": {k: {"best_epoch": v["epoch"], "best_val_top1": v["val_top1"],
                        "epochs": next(s.epochs for s in plan if str(s.number) == k)} for k, v in best.items()},
         "history": history,
+        "from_store": from_store or [],
     }
     splits = (["val"] if bundle.val else []) + (["test"] if evaluate_test else [])
     for split in splits:

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     cm = confusion(res.labels, res.preds, len(classes))
     plot_confusion(cm, classes, out / "confusion.png", f"{'+'.join(users)} top-1 {res.top1:.3f}")
     write_per_class(cm, classes, out / "per_class.csv")
-    result = {"checkpoint": args.checkpoint, "users": users, "num_clips": len(clips), "top1": res.top1, "loss": res.loss}
+    result = {"checkpoint": args.checkpoint, "users": users, "num_clips": len(clips),
+              "top1": res.top1, "loss": res.loss}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0

@@ -44,8 +44,12 @@ def train_epoch(
     device: torch.device,
     desc: str = "",
     progress: bool = True,
+    ms_on: bool = True,
 ) -> dict[str, float]:
-    """Returns mean loss, top-1 and the fraction of step time spent waiting for data."""
+    """Returns mean loss, top-1 and the fraction of step time spent waiting for data.
+
+    ``ms_on=False`` leaves the MS term out of the loss (when nothing before the MS head trains it
+    changes no weight, and leaving it out makes such stages identical across MS settings)."""
     model.train()
     m = cfg.model
     loss_sum = correct = seen = 0.0
@@ -61,7 +65,8 @@ def train_epoch(
         t1 = time.perf_counter()
         with autocast(device, cfg.train.precision):
             out = model(batch["frames"])
-        loss, _ = total_loss(out.logits, batch["label"], out.ms, batch.get("mmaps"), m.ms_task, m.alpha, m.tau)
+        mm = batch.get("mmaps") if ms_on else None
+        loss, _ = total_loss(out.logits, batch["label"], out.ms, mm, m.ms_task, m.alpha, m.tau)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} ({desc}); lower the learning rate or alpha")
         optimizer.zero_grad(set_to_none=True)
@@ -96,7 +101,7 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: EgoRNN, loader: DataLoader, cfg: Config, device: torch.device) -> EvalResult:
+def evaluate(model: EgoRNN, loader: DataLoader, cfg: Config, device: torch.device, ms_on: bool = True) -> EvalResult:
     model.eval()
     m = cfg.model
     losses, labels, probs = [], [], []
@@ -104,7 +109,8 @@ def evaluate(model: EgoRNN, loader: DataLoader, cfg: Config, device: torch.devic
         batch = _to(batch, device)
         with autocast(device, cfg.train.precision):
             out = model(batch["frames"])
-        loss, _ = total_loss(out.logits, batch["label"], out.ms, batch.get("mmaps"), m.ms_task, m.alpha, m.tau)
+        mm = batch.get("mmaps") if ms_on else None
+        loss, _ = total_loss(out.logits, batch["label"], out.ms, mm, m.ms_task, m.alpha, m.tau)
         losses.append(float(loss) * batch["label"].numel())
         labels.append(batch["label"].cpu())
         probs.append(torch.softmax(out.logits.float(), 1).cpu())

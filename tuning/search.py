@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,23 @@ def base_config(space: SearchSpace, extra: dict[str, Any]) -> Config:
         raise SpaceError(f"{space.name}: base: {e}") from None
 
 
+def _check_port(address: str) -> None:
+    """Ray retries an unreachable GCS for minutes; a refused TCP connection is a clear error now."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise SearchError(f"cannot connect to the Ray cluster at {address}: {e}") from None
+
+
 def connect_ray(address: str | None, storage: str) -> None:
     import ray
 
+    if address not in (None, "auto", "local"):
+        _check_port(address)
     try:
         if address is None:
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [
@@ -114,10 +129,9 @@ def run(args: argparse.Namespace) -> int:
     from ray import tune
 
     from tuning.searcher import make_scheduler, make_searcher
-    from tuning.trainable import TrialSetup, run_trial, total_epochs
     from tuning.tracking import MlflowCallback
+    from tuning.trainable import TrialSetup, run_trial, total_epochs
 
-    connect_ray(args.address, storage)
     path = storage.rstrip("/") + "/" + name
     exists = tune.Tuner.can_restore(path)
     if args.resume and not exists:
@@ -125,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and exists:
         raise SearchError(f"a search already exists at {path}: add --resume to continue it, "
                           "or pass another --experiment name")
+    connect_ray(args.address, storage)
     parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume)
     setup = TrialSetup(space, data_root, seed)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(space))
@@ -155,8 +170,10 @@ def run(args: argparse.Namespace) -> int:
 def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: str,
            args: argparse.Namespace, tracking_uri: str) -> int:
     from tuning.champion import register
-    from tuning.tracking import TRIAL_TAG
+    from tuning.tracking import TRIAL_TAG, log_search_summary
 
+    # every trial's writes delivered (else a clean, resumable stop), then Optuna's plots and trials.csv
+    log_search_summary(client, parent_id, results, space)
     best = pick_best(results, space)
     if best is None:
         client.set_terminated(parent_id, "FAILED")

@@ -1,21 +1,62 @@
 """MLflow, written only by the driver: a Ray Tune callback mirrors trials into nested runs.
 
 Layout: one experiment per search; one parent run per search (space file, git revision, data
-fingerprint, best trial); one child run per trial tagged ``mlflow.parentRunId`` with every egomodel
-key as a dotted param, per-epoch metrics at step = global epoch, the best checkpoint and the
-validation confusion matrix. Trials never touch MLflow, so a SQLite store is never written by many
-processes at once.
+fingerprint, best trial, and at the end the Optuna plots and a CSV of all trials under ``search/``);
+one child run per trial tagged ``mlflow.parentRunId`` with every egomodel key as a dotted param,
+per-epoch metrics at step = global epoch, the best checkpoint, the validation confusion matrix and
+per-class accuracy, and the trial's pictures under ``plots/`` (training curves, CAM overlays,
+feedback β/γ maps; drawn by the trial with :mod:`egomodel.visualize`). Trials never touch MLflow, so
+a SQLite store is never written by many processes at once.
+
+A failed trial's run ends ``FAILED`` with tag ``egosearch.outcome=failed``, tag ``error`` holding the
+exception's one-line reason (``FloatingPointError: training loss is nan ...``) and the whole Ray error
+text as the artifact ``error.txt``; a trial that Ray retried carries ``egosearch.retries`` and
+``egosearch.last_error``.
+
+When the tracking server goes away during a search (the choice made here: buffer and retry)
+---------------------------------------------------------------------------------------------
+An unreachable store at start is a clear error before any trial runs (:func:`check_reachable`).
+During the search the callback never lets MLflow stop it:
+
+- every write is an operation in a queue, applied in order; an operation that fails because the
+  store is unreachable (connection refused, timeout, 5xx, a locked SQLite file) stays at the head of
+  the queue, and everything after it waits behind it, so the order of writes is kept;
+- the queue is retried on later Ray callbacks (each trial result and each step of Tune's loop), with
+  a back-off from 2 s to 60 s between attempts and HTTP calls that fail at once instead of retrying for
+  minutes inside MLflow's client; the driver prints one line when the store goes away and one when
+  the backlog has been delivered;
+- the queue is part of the callback's state, which Ray saves in the experiment's checkpoint: a driver
+  that is killed while MLflow is down keeps its backlog, and ``--resume`` delivers it;
+- at the end of the experiment the callback keeps retrying for ``EGOSEARCH_MLFLOW_FLUSH_TIMEOUT``
+  seconds (default 120). If the store is still down then, the search stops cleanly in a resumable
+  state: ``finish`` (through :func:`log_search_summary`) raises :class:`TrackingError` (exit code 2)
+  saying so, and the same command with ``--resume`` once the server is back delivers the backlog,
+  registers the champion and logs the search's plots;
+- an operation the store rejects for what it is (an invalid value, a deleted run) is not retried: it
+  is dropped with a warning, so one bad write never blocks the rest.
+
+Replays are harmless: runs are found again by their trial tag before one is created, metrics carry
+the timestamp of their first attempt, tags and params are idempotent, artifacts are overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import subprocess
+import sys
 import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -26,6 +67,15 @@ PARENT_TAG = "egosearch.ray_path"
 TRIAL_TAG = "ray.trial_id"
 OUTCOME_TAG = "egosearch.outcome"
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "lr", "data_wait_fraction", "stage")
+PLOTS_DIR = "plots"
+FLUSH_TIMEOUT_ENV = "EGOSEARCH_MLFLOW_FLUSH_TIMEOUT"
+# errors that say the write itself is wrong: retrying cannot help
+PERMANENT_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+                   "INVALID_STATE", "BAD_REQUEST", "MALFORMED_REQUEST"}
+_MAX_TAG = 4900
+
+# parent run id -> number of writes the callback could not deliver by the end of the experiment
+_UNDELIVERED: dict[str, int] = {}
 
 
 class TrackingError(RuntimeError):
@@ -40,13 +90,31 @@ def git_revision() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def quick_http(timeout: int = 10) -> Iterator[None]:
+    """MLflow's HTTP client fails at once instead of retrying with back-off for minutes."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def check_reachable(uri: str) -> MlflowClient:
     """Fail before any trial starts if the tracking store cannot be reached."""
     client = MlflowClient(uri)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as e:  # connection refused, DNS, bad scheme, unwritable sqlite
-        raise TrackingError(f"MLflow tracking URI {uri} is not reachable: {type(e).__name__}: {e}") from None
+    with quick_http():
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as e:  # connection refused, DNS, bad scheme, unwritable sqlite
+            msg = str(e).splitlines()[0][:300] if str(e) else ""
+            raise TrackingError(f"MLflow tracking URI {uri} is not reachable: {type(e).__name__}: {msg}") from None
     return client
 
 
@@ -79,8 +147,74 @@ def parent_run(
     return rid
 
 
+# ------------------------------------------------------------------------------ failed trials
+def error_text(trial: Any) -> str:
+    """Everything Ray wrote about the trial's failures (``error.txt``, one block per failure)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        return Path(path).read_text() if path else ""
+    except OSError:
+        return ""
+
+
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning|Failure)\b[^\n]*)$", re.M)
+
+
+def error_reason(trial: Any, text: str | None = None) -> str:
+    """One line saying why the trial failed: the original exception inside Ray's wrapper.
+
+    In Ray 2.60 ``on_trial_error`` gets only the trial. Ray has already written the exception to the
+    trial's folder on the driver: pickled (a ``RayTaskError`` whose ``cause`` is the trainable's own
+    exception; a ``RayActorError`` when the worker died) and as text in ``error.txt``.
+    """
+    cause = _pickled_cause(trial)
+    if cause is not None and not type(cause).__module__.startswith("ray."):
+        return f"{type(cause).__name__}: {cause}".strip()[:_MAX_TAG]
+    text = error_text(trial) if text is None else text
+    line = _last_exception_line(text)
+    if line:
+        return line
+    if cause is not None:  # a Ray error (worker died, ...): its first line says what happened
+        first = next((ln for ln in str(cause).splitlines() if ln.strip()), "")
+        return f"{type(cause).__name__}: {first}".strip()[:_MAX_TAG]
+    return (text.strip().splitlines() or ["trial failed"])[-1][:_MAX_TAG]
+
+
+def _pickled_cause(trial: Any) -> BaseException | None:
+    path = getattr(trial, "pickled_error_file", None)
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        import cloudpickle
+
+        with open(path, "rb") as f:
+            exc = cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 - an unreadable pickle falls back to the text
+        return None
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc if isinstance(exc, BaseException) else None
+
+
+def _last_exception_line(text: str) -> str | None:
+    found = _EXC_LINE.findall(text)
+    return found[-1].strip()[:_MAX_TAG] if found else None
+
+
+# --------------------------------------------------------------------------- the write queue
+@dataclass
+class Op:
+    """One MLflow write. ``target`` is a Ray trial id (its child run) or "" (the parent run)."""
+
+    target: str
+    kind: str  # create | batch | terminate | text | artifacts | file
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
 class MlflowCallback(Callback):
-    """Driver-side mirror of Ray trials into nested MLflow runs (picklable: ids and URIs only)."""
+    """Driver-side mirror of Ray trials into nested MLflow runs (picklable: ids, URIs and the queue)."""
+
+    retry_min_s = 2.0
+    retry_max_s = 60.0
 
     def __init__(self, tracking_uri: str, parent_id: str, space: SearchSpace, extra: dict[str, Any]) -> None:
         self.tracking_uri = tracking_uri
@@ -88,10 +222,33 @@ class MlflowCallback(Callback):
         self.space = space
         self.extra = extra  # data.root, train.seed: the same for every trial
         self._runs: dict[str, str] = {}
+        self._pending: deque[Op] = deque()
         self._client: MlflowClient | None = None
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._delay = self.retry_min_s
+        self._exp_id: str | None = None
 
+    # ------------------------------------------------------------------ state (pickle and Ray)
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_pending", deque())
+        for k, v in (("_down_since", None), ("_next_try", 0.0), ("_delay", self.retry_min_s), ("_exp_id", None)):
+            self.__dict__.setdefault(k, v)
+
+    def get_state(self) -> dict[str, Any] | None:
+        """Saved by Ray with the experiment: a resumed driver finds its runs and its backlog."""
+        return {"runs": dict(self._runs), "pending": list(self._pending)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._runs.update(state.get("runs", {}))
+        self._pending = deque(state.get("pending", []))
+        if self._pending:
+            print(f"MLflow: {len(self._pending)} writes saved by the interrupted driver will be delivered",
+                  flush=True)
 
     @property
     def client(self) -> MlflowClient:
@@ -99,75 +256,283 @@ class MlflowCallback(Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def run_id(self, trial: Any) -> str:
-        """The trial's child run, created on first sight, found again after a driver restart."""
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        parent = self.client.get_run(self.parent_id)
-        exp_id = parent.info.experiment_id
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # --------------------------------------------------------------------------- queue plumbing
+    def _put(self, target: str, kind: str, **payload: Any) -> None:
+        self._pending.append(Op(target, kind, payload))
+        self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        """Apply queued writes in order; True when nothing is left. Never raises."""
+        if not self._pending:
+            return True
+        if not force and self._down_since is not None and time.monotonic() < self._next_try:
+            return False
+        with quick_http(timeout=30):
+            while self._pending:
+                op = self._pending[0]
+                try:
+                    self._apply(op)
+                except Exception as e:  # noqa: BLE001 - MLflow down must never stop the search
+                    if _permanent(e):
+                        print(f"warning: MLflow rejected a write ({op.kind} for "
+                              f"{op.target or 'the parent run'}), dropped: {_short(e)}", file=sys.stderr, flush=True)
+                        self._pending.popleft()
+                        continue
+                    self._mark_down(e)
+                    return False
+                self._pending.popleft()
+        if self._down_since is not None:
+            print(f"MLflow {self.tracking_uri} is reachable again after {time.monotonic() - self._down_since:.0f} s: "
+                  "every buffered write was delivered", flush=True)
+            self._down_since = None
+            self._delay = self.retry_min_s
+        return True
+
+    def _mark_down(self, e: Exception) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            print(f"warning: MLflow {self.tracking_uri} is unreachable ({_short(e)}); the search goes on and "
+                  "its results are buffered and retried", file=sys.stderr, flush=True)
+        else:
+            self._delay = min(self._delay * 2, self.retry_max_s)
+        self._next_try = now + self._delay
+
+    def _experiment_id(self) -> str:
+        if self._exp_id is None:
+            self._exp_id = self.client.get_run(self.parent_id).info.experiment_id
+        return self._exp_id
+
+    def _rid(self, target: str) -> str:
+        if not target:
+            return self.parent_id
+        if target not in self._runs:
+            raise _Dropped(f"trial {target} has no MLflow run")
+        return self._runs[target]
+
+    def _apply(self, op: Op) -> None:
+        p = op.payload
+        if op.kind == "create":
+            self._create(op.target, p)
+            return
+        rid = self._rid(op.target)
+        if op.kind == "batch":
+            metrics = [Metric(k, v, ts, step) for k, v, ts, step in p.get("metrics", ())]
+            tags = [RunTag(k, v) for k, v in p.get("tags", {}).items()]
+            self.client.log_batch(rid, metrics=metrics, tags=tags)
+        elif op.kind == "terminate":
+            self.client.set_terminated(rid, p["status"], end_time=p["end_time"])
+        elif op.kind == "text":
+            self.client.log_text(rid, p["text"], p["file"])
+        elif op.kind == "file":  # bytes made on the driver (a plot), uploaded as a file
+            with tempfile.TemporaryDirectory() as tmp:
+                f = Path(tmp) / Path(p["file"]).name
+                f.write_bytes(p["data"])
+                self.client.log_artifact(rid, str(f), str(Path(p["file"]).parent) if "/" in p["file"] else None)
+        elif op.kind == "artifacts":
+            self._log_final_artifacts(rid, p["checkpoint"])
+        else:
+            raise _Dropped(f"unknown operation {op.kind}")
+
+    def _create(self, trial_id: str, p: dict[str, Any]) -> None:
+        """The trial's child run, found again after a driver restart or a replayed write."""
+        if trial_id in self._runs:
+            return
+        exp_id = self._experiment_id()
         found = self.client.search_runs(
-            [exp_id], f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'",
+            [exp_id], f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'",
             max_results=1)
         if found:
-            rid = found[0].info.run_id
-        else:
-            rid = self.client.create_run(exp_id, run_name=str(trial), tags={
-                "mlflow.parentRunId": self.parent_id, TRIAL_TAG: trial.trial_id, OUTCOME_TAG: "running"}).info.run_id
-            cfg = trial_config(self.space, trial.config, self.extra)
-            params = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(cfg.to_dict()).items()}
-            for k, v in params.items():
-                self.client.log_param(rid, k, v)
-        self._runs[trial.trial_id] = rid
-        return rid
+            self._runs[trial_id] = found[0].info.run_id
+            return
+        rid = self.client.create_run(exp_id, start_time=p["start_time"], run_name=p["name"], tags={
+            "mlflow.parentRunId": self.parent_id, TRIAL_TAG: trial_id, OUTCOME_TAG: "running"}).info.run_id
+        self._runs[trial_id] = rid  # before the params: a failure there retries the params, not the run
+        cfg = trial_config(self.space, p["config"], self.extra)
+        params = [Param(k, json.dumps(v) if isinstance(v, list) else str(v))
+                  for k, v in flatten(cfg.to_dict()).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(rid, params=params[i:i + 100])
+
+    # ---------------------------------------------------------------------------- Ray's hooks
+    def _ensure_run(self, trial: Any) -> None:
+        if trial.trial_id in self._runs or any(op.kind == "create" and op.target == trial.trial_id
+                                               for op in self._pending):
+            return
+        self._put(trial.trial_id, "create", name=str(trial), config=dict(trial.config), start_time=_now_ms())
+
+    def run_id(self, trial: Any) -> str | None:
+        """The trial's child run id, or None while its creation waits in the queue."""
+        self._ensure_run(trial)
+        return self._runs.get(trial.trial_id)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.flush()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.run_id(trial)
+        self._ensure_run(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        rid = self.run_id(trial)
+        self._ensure_run(trial)
         step = int(result["global_epoch"])
         epoch = {**result, "val_top1": result.get("epoch_val_top1")} if result.get("final") else result
-        for k in EPOCH_METRICS:
-            if isinstance(epoch.get(k), (int, float)) and not isinstance(epoch.get(k), bool):
-                self.client.log_metric(rid, k, float(epoch[k]), step=step)
+        ts = _now_ms()
+        metrics = [(k, float(epoch[k]), ts, step) for k in EPOCH_METRICS
+                   if isinstance(epoch.get(k), (int, float)) and not isinstance(epoch.get(k), bool)]
+        tags = {}
         if result.get("stage_epoch") == 1:  # a stage boundary
-            self.client.set_tag(rid, f"stage{result['stage']}_start_epoch", str(step))
+            tags[f"stage{result['stage']}_start_epoch"] = str(step)
+        self._put(trial.trial_id, "batch", metrics=metrics, tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        rid = self.run_id(trial)
+        self._ensure_run(trial)
         last = trial.last_result or {}
+        tid = trial.trial_id
         if last.get("final"):
-            self.client.log_metric(rid, "best_val_top1", float(last["val_top1"]), step=int(last["global_epoch"]))
-            self._log_final_artifacts(rid, trial)
-            self.client.set_tag(rid, OUTCOME_TAG, "completed")
-            self.client.set_terminated(rid, "FINISHED")
+            self._put(tid, "batch", metrics=[("best_val_top1", float(last["val_top1"]), _now_ms(),
+                                              int(last["global_epoch"]))], tags={})
+            if trial.checkpoint is not None:
+                self._put(tid, "artifacts", checkpoint=trial.checkpoint)
+            self._put(tid, "batch", tags={OUTCOME_TAG: "completed"})
+            self._put(tid, "terminate", status="FINISHED", end_time=_now_ms())
         else:  # the scheduler stopped it before its last epoch
-            self.client.set_tag(rid, OUTCOME_TAG, "early_stopped")
-            self.client.set_tag(rid, "stopped_at_epoch", str(last.get("global_epoch")))
-            self.client.set_terminated(rid, RunStatus.to_string(RunStatus.KILLED))
+            png = _curves_png(trial)
+            if png is not None:
+                self._put(tid, "file", file=f"{PLOTS_DIR}/training_curves.png", data=png)
+            self._put(tid, "batch", tags={OUTCOME_TAG: "early_stopped",
+                                          "stopped_at_epoch": str(last.get("global_epoch"))})
+            self._put(tid, "terminate", status=RunStatus.to_string(RunStatus.KILLED), end_time=_now_ms())
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Ray will retry the trial from its last checkpoint: say so on its run."""
+        self._ensure_run(trial)
+        retries = getattr(getattr(trial, "run_metadata", None), "num_failures", None)
+        self._put(trial.trial_id, "batch", tags={"egosearch.retries": str(retries),
+                                                 "egosearch.last_error": error_reason(trial)})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        rid = self.run_id(trial)
-        reason = str(getattr(trial, "error_message", None) or _error_text(trial))
-        self.client.set_tag(rid, OUTCOME_TAG, "failed")
-        self.client.set_tag(rid, "error", reason[-4900:])
-        self.client.set_terminated(rid, "FAILED")
+        self._ensure_run(trial)
+        text = error_text(trial)
+        reason = error_reason(trial, text)
+        tid = trial.trial_id
+        if text:
+            self._put(tid, "text", text=text, file="error.txt")
+        self._put(tid, "batch", tags={OUTCOME_TAG: "failed", "error": reason})
+        self._put(tid, "terminate", status="FAILED", end_time=_now_ms())
 
-    def _log_final_artifacts(self, rid: str, trial: Any) -> None:
-        ckpt = trial.checkpoint
-        if ckpt is None:
-            return
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Deliver the backlog, waiting up to ``EGOSEARCH_MLFLOW_FLUSH_TIMEOUT`` s for the store."""
+        deadline = time.monotonic() + _flush_timeout()
+        while not self.flush(force=True) and time.monotonic() < deadline:
+            time.sleep(min(self._delay, max(0.0, deadline - time.monotonic())))
+        if self._pending:
+            _UNDELIVERED[self.parent_id] = len(self._pending)
+            print(f"error: MLflow {self.tracking_uri} is still unreachable: {len(self._pending)} writes are kept in "
+                  "the search's saved state; rerun the same command with --resume once the server is back",
+                  file=sys.stderr, flush=True)
+        else:
+            _UNDELIVERED.pop(self.parent_id, None)
+
+    def _log_final_artifacts(self, rid: str, ckpt: Any) -> None:
+        """Every file of the trial's final checkpoint folder: ``*.pt`` under ``checkpoint/``,
+        ``plots/`` as it is, the rest (metrics, confusion matrix, per-class accuracy) at the top."""
         with tempfile.TemporaryDirectory() as tmp:
             ckpt.to_directory(tmp)
             for f in sorted(Path(tmp).iterdir()):
                 if f.name == "last.pt":
                     continue  # optimiser state: resume material, not a result
-                self.client.log_artifact(rid, str(f), "checkpoint" if f.suffix == ".pt" else None)
+                if f.is_dir():
+                    self.client.log_artifacts(rid, str(f), f.name)
+                else:
+                    self.client.log_artifact(rid, str(f), "checkpoint" if f.suffix == ".pt" else None)
 
 
-def _error_text(trial: Any) -> str:
-    path = getattr(trial, "error_file", None)
+class _Dropped(Exception):
+    """A queued write that can never succeed."""
+
+
+def _permanent(e: Exception) -> bool:
+    if isinstance(e, _Dropped):
+        return True
+    return isinstance(e, MlflowException) and e.error_code in PERMANENT_CODES
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _flush_timeout() -> float:
     try:
-        return Path(path).read_text() if path else "trial failed"
-    except OSError:
-        return "trial failed"
+        return max(0.0, float(os.environ.get(FLUSH_TIMEOUT_ENV, "120")))
+    except ValueError:
+        return 120.0
+
+
+def _curves_png(trial: Any) -> bytes | None:
+    """Training curves of a trial that did not finish, from Ray's ``result.json`` on the driver."""
+    try:
+        path = Path(trial.local_path) / "result.json"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if not r.get("final") and "global_epoch" in r]
+        if not rows:
+            return None
+        from egomodel.visualize import training_curves
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = training_curves(rows, Path(tmp) / "curves.png",
+                                  f"trial {trial.trial_id}: stopped early at epoch {rows[-1]['global_epoch']}")
+            return out.read_bytes() if out else None
+    except Exception:  # noqa: BLE001 - a missing picture is no reason to lose the run's record
+        return None
+
+
+# ----------------------------------------------------------------------------- the parent run
+def undelivered(parent_id: str) -> int:
+    """Writes of this search that the callback could not deliver by the end of the experiment."""
+    return _UNDELIVERED.get(parent_id, 0)
+
+
+def log_search_summary(client: MlflowClient, parent_id: str, results: Any, space: SearchSpace) -> list[str]:
+    """At the end of a search: make sure MLflow has every trial, then log Optuna's plots and the
+    CSV of all trials to the parent run under ``search/``.
+
+    Raises TrackingError (a clean, resumable stop) when trial writes are still undelivered or the
+    store is unreachable; a plot that cannot be drawn is a note in ``search/notes.txt``, never an error.
+    Returns the artifact paths logged.
+    """
+    hint = ("; the search's results are kept in its Ray state: once the server is back, run the same command "
+            "with --resume to deliver them, register the champion and log the search's plots")
+    n = undelivered(parent_id)
+    if n:
+        raise TrackingError(f"MLflow {client.tracking_uri} is unreachable: {n} writes of this search were not "
+                            f"delivered{hint}")
+    try:
+        check_reachable(client.tracking_uri)
+    except TrackingError as e:
+        raise TrackingError(f"{e}{hint}") from None
+    from tuning import plots
+
+    exp_path = getattr(results, "experiment_path", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "search"
+        notes = plots.search_artifacts(client, parent_id, space, exp_path, out)
+        if notes:
+            (out / "notes.txt").write_text("\n".join(notes) + "\n")
+            for note in notes:
+                print(f"note: {note}")
+        logged = sorted(f"search/{f.name}" for f in out.iterdir())
+        with quick_http(timeout=60):
+            try:
+                client.log_artifacts(parent_id, str(out), "search")
+            except Exception as e:  # noqa: BLE001
+                raise TrackingError(f"could not log the search's plots to MLflow: {_short(e)}{hint}") from None
+    return logged

@@ -22,7 +22,8 @@ from egomodel.engine import EpochReport, train
 from egomodel.stages import stage_plan
 from tuning.space import SearchSpace, trial_config
 
-FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "config.yaml")
+FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "config.yaml", "plots")
+PLOTS = "plots"  # training curves, CAM overlays, feedback beta/gamma maps (egomodel.visualize)
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,22 @@ def _checkpoint_dir(ckdir: Path, stage: int, extra: Path | None = None) -> Path:
                 shutil.copy2(src, tmp / name)
     if extra is not None:
         for name in FINAL_FILES:
-            if (extra / name).exists():
+            if (extra / name).is_dir():
+                shutil.copytree(extra / name, tmp / name)
+            elif (extra / name).exists():
                 shutil.copy2(extra / name, tmp / name)
     return tmp
+
+
+def _plots(checkpoint: Path, out: Path, history: list | None) -> None:
+    """The trial's pictures; a plotting failure is printed, never a failed trial."""
+    from egomodel.visualize import model_plots
+
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        model_plots(checkpoint, out, history=history)
+    except Exception as e:  # noqa: BLE001 - pictures are a convenience, the trial's result is not
+        print(f"warning: could not draw the trial's plots: {type(e).__name__}: {e}")
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
@@ -83,6 +97,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
     final = train(cfg, work, callback=report, resume=resume, evaluate_test=False, progress=False)
     last_stage = stage_plan(cfg.model.variant, cfg.train)[-1].number
+    _plots(ckdir / ck.best_name(last_stage), work / PLOTS, final.get("history"))
     folder = _checkpoint_dir(ckdir, last_stage, extra=work)
     summary = {k: v for k, v in final.items() if k not in ("history", "classes")}
     (folder / "summary.json").write_text(json.dumps(summary))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
 from egomodel.config import DataConfig
 from egomodel.data import layout
@@ -78,10 +79,11 @@ def load_bundle(cfg: DataConfig, seed: int, need_mmaps: bool, need_flow: bool = 
     users = layout.list_users(root)
     clips = layout.scan(root, need_mmaps=need_mmaps, need_flow=need_flow, min_frames=cfg.frames)
     classes = layout.class_names(clips)
-    if need_mmaps:  # every sampled frame must have a map within reach
-        for c in clips:
-            for i in layout.sample_indices(c.num_frames, cfg.frames):
-                layout.nearest_mmap(c, i + 1, cfg.mmap_reach)
+    for c in tqdm(clips, desc="checking frames", unit="clip", leave=False, disable=len(clips) < 200):
+        for i in layout.sample_indices(c.num_frames, cfg.frames):  # the frames training will read
+            layout.verify_image(c.rgb[i])
+            if need_mmaps:  # every sampled frame needs a map within reach
+                layout.verify_image(layout.nearest_mmap(c, i + 1, cfg.mmap_reach))
     train, val, test = split_clips(clips, cfg, seed, users)
     return DataBundle(root, classes, train, val, test, layout.fingerprint(root, clips))
 
@@ -136,9 +138,10 @@ class ClipDataset(Dataset):
 
     def _flow(self, clip: Clip, frames: list[int], view: View, size: int) -> np.ndarray:
         """(T, 2, S, S) flow x/y at the sampled frames; the flow issue stacks 5 around each."""
-        xs = [flow_tensor(layout.load_gray(clip.flow_x[min(i, len(clip.flow_x) - 1)]), view, size, True) for i in frames]
-        ys = [flow_tensor(layout.load_gray(clip.flow_y[min(i, len(clip.flow_y) - 1)]), view, size, False) for i in frames]
-        return np.stack([np.stack(p) for p in zip(xs, ys)])
+        def one(paths: tuple, i: int, is_x: bool) -> np.ndarray:
+            return flow_tensor(layout.load_gray(paths[min(i, len(paths) - 1)]), view, size, is_x)
+
+        return np.stack([np.stack([one(clip.flow_x, i, True), one(clip.flow_y, i, False)]) for i in frames])
 
 
 class EpochSampler(Sampler):

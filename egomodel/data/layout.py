@@ -277,3 +277,12 @@ def load_gray(path: Path | str) -> np.ndarray:
 def load_rgb(path: Path | str) -> Image.Image:
     """An RGB frame as a PIL image in RGB mode."""
     return _open(Path(path), "RGB")
+
+
+def verify_image(path: Path | str) -> None:
+    """Cheap integrity check (header and checksums, no full decode); DataError naming the file."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as exc:  # PIL raises many types on bad files
+        raise DataError(f"cannot read image {path}: {exc}") from exc

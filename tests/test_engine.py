@@ -1,0 +1,117 @@
+"""The engine's contract: callback, checkpoints, resume == uninterrupted, bad data up front."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from egomodel import checkpoint as ck
+from egomodel.data.layout import DataError
+from egomodel.engine import ResumeError, train
+from tests.conftest import tiny_config
+
+WAIT_KEYS = ("data_wait_fraction",)
+
+
+class Stop(Exception):
+    pass
+
+
+def _strip(history):
+    return [{k: v for k, v in h.items() if k not in WAIT_KEYS} for h in history]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_root):
+    out = tmp_path_factory.mktemp("ref")
+    reports = []
+    metrics = train(tiny_config(tiny_root, model__variant="feedback"), out, callback=reports.append, progress=False)
+    return out, metrics, reports
+
+
+def test_callback_sees_every_epoch_with_a_resumable_checkpoint(reference):
+    out, metrics, reports = reference
+    assert [(r.stage, r.epoch) for r in reports] == [(1, 1), (1, 2), (2, 1), (3, 1)]
+    assert [r.global_epoch for r in reports] == [1, 2, 3, 4]
+    for r in reports:
+        assert {"train_loss", "train_top1", "val_top1", "val_loss", "lr", "data_wait_fraction"} <= set(r.metrics)
+        assert 0.0 <= r.metrics["data_wait_fraction"] <= 1.0
+        assert (r.checkpoint_dir / ck.LAST).exists()
+    last = ck.load(out / "checkpoints" / ck.LAST)
+    assert last["stage"] == 3 and last["epoch"] == 1 and "optimizer" in last and "rng" in last
+    for n in (1, 2, 3):
+        assert (out / "checkpoints" / ck.best_name(n)).exists()
+    assert set(metrics["stages"]) == {"1", "2", "3"} and metrics["test_top1"] is not None
+    for f in ("metrics.json", "config.yaml", "confusion_test.png", "per_class_test.csv", "confusion_val.png"):
+        assert (out / f).exists(), f
+
+
+@pytest.mark.parametrize("stop_after", [1, 2, 3])  # mid-stage, at a stage boundary, in the last stage
+def test_resume_equals_uninterrupted(tmp_path, tiny_root, reference, stop_after):
+    ref_out, ref_metrics, _ = reference
+    cfg = tiny_config(tiny_root, model__variant="feedback")
+
+    def kill(r):
+        if r.global_epoch == stop_after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, tmp_path, callback=kill, progress=False)
+    metrics = train(cfg, tmp_path, resume=True, progress=False)
+    assert _strip(metrics["history"]) == _strip(ref_metrics["history"])
+    assert metrics["test_top1"] == ref_metrics["test_top1"]
+    a = ck.load(tmp_path / "checkpoints" / ck.best_name(3))["model"]
+    b = ck.load(ref_out / "checkpoints" / ck.best_name(3))["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_changed_config_or_nothing(tmp_path, tiny_root, reference):
+    with pytest.raises(ResumeError, match="nothing to resume"):
+        train(tiny_config(tiny_root), tmp_path, resume=True, progress=False)
+    shutil.copytree(reference[0] / "checkpoints", tmp_path / "checkpoints")
+    with pytest.raises(ResumeError, match="model.alpha"):
+        train(tiny_config(tiny_root, model__alpha=0.5), tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("variant", ["convlstm", "attention", "ms"])
+def test_two_stage_variants_run(tmp_path, tiny_root, variant):
+    metrics = train(tiny_config(tiny_root, model__variant=variant), tmp_path, progress=False)
+    assert set(metrics["stages"]) == {"1", "2"} and len(metrics["history"]) == 3
+
+
+def _copy(tiny_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    return root
+
+
+def test_bad_data_is_reported_before_training(tmp_path, tiny_root):
+    cases = []
+    with pytest.raises(DataError, match="does not exist"):
+        train(tiny_config(tmp_path / "missing"), tmp_path / "o1", progress=False)
+    empty = tmp_path / "empty" / "processed_frames2"
+    empty.mkdir(parents=True)
+    with pytest.raises(DataError, match="processed_frames2"):
+        train(tiny_config(empty.parent), tmp_path / "o2", progress=False)
+    with pytest.raises(DataError, match="S9"):
+        train(tiny_config(tiny_root, data__test_users=["S9"]), tmp_path / "o3", progress=False)
+    with pytest.raises(DataError, match="fewer than"):
+        train(tiny_config(tiny_root, data__frames=7), tmp_path / "o4", progress=False)
+    root = _copy(tiny_root, tmp_path)
+    clip = next((root / "processed_frames2" / "S3").glob("*/*"))
+    for m in (clip / "mmaps").glob("map*.png"):
+        m.unlink()
+    (clip / "mmaps" / "map0006.png").write_bytes(b"")  # only the last map left, and unreadable
+    with pytest.raises(DataError, match=str(clip.relative_to(root))):
+        train(tiny_config(root, data__mmap_reach=1), tmp_path / "o5", progress=False)
+    assert not cases and not any((tmp_path / f"o{i}" / "checkpoints").exists() for i in range(1, 6))
+
+
+def test_corrupt_frame_names_the_file(tmp_path, tiny_root):
+    root = _copy(tiny_root, tmp_path)
+    frame = next((root / "processed_frames2" / "S3").glob("*/*/rgb/rgb0001.png"))
+    frame.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="rgb0001.png"):
+        train(tiny_config(root, model__variant="convlstm"), tmp_path / "o", progress=False)

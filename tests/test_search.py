@@ -1,0 +1,219 @@
+"""A whole smoke search on local Ray with MLflow, the champion, retrain, resume after a killed
+driver, and the errors that must come before any trial starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from tuning.space import SPACES_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_space(tmp: Path, **changes: object) -> Path:
+    space = yaml.safe_load((SPACES_DIR / "smoke.yaml").read_text())
+    space["base"]["train.eval_batch_size"] = 32
+    space["name"] = "test_space"
+    space.update(changes)
+    path = tmp / "test_space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def search_cmd(space: Path, root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tuning.search", "--space", str(space), "--data", str(root), *extra]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", "TQDM_DISABLE": "1"}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, tiny_root):
+    tmp = tmp_path_factory.mktemp("search")
+    space = write_space(tmp, num_samples=3, max_concurrent=2)
+    proc = subprocess.run(search_cmd(space, tiny_root), cwd=tmp, env=env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp, proc.stdout
+
+
+def client_of(tmp: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+
+
+def test_smoke_search_records_everything_in_mlflow(searched):
+    tmp, out = searched
+    assert "best trial" in out and "mlflow ui --backend-store-uri" in out and "tuning.retrain --run-id" in out
+    client = client_of(tmp)
+    exp = client.get_experiment_by_name("test_space")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    for tag in ("git_revision", "data_fingerprint", "best_trial_id", "best_run_id", "champion"):
+        assert parent.data.tags.get(tag), tag
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "space")] == ["space/test_space.yaml"]
+    for child in children:
+        params = child.data.params
+        for key in ("model.alpha", "model.tau", "data.frames", "data.image_size", "train.stage3.lr",
+                    "train.stage3.trainable", "model.variant"):
+            assert key in params, key
+        outcome = child.data.tags["egosearch.outcome"]
+        assert outcome in ("completed", "early_stopped")
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_top1")]
+        assert steps == sorted(set(steps)) and steps[0] == 1
+        if outcome == "completed":
+            assert child.info.status == "FINISHED" and steps[-1] == 7
+            assert {"stage1_start_epoch", "stage2_start_epoch", "stage3_start_epoch"} <= set(child.data.tags)
+            arts = {a.path for a in client.list_artifacts(child.info.run_id)}
+            assert {"checkpoint", "confusion_val.png", "per_class_val.csv"} <= arts
+            assert any(a.path.endswith("_best.pt") for a in client.list_artifacts(child.info.run_id, "checkpoint"))
+        else:
+            assert child.info.status == "KILLED"
+
+
+def test_champion_loads_and_predicts(searched):
+    tmp, _ = searched
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/egosearch-test_space@champion")
+    classes = model.metadata.metadata["classes"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 3, 64, 64)).astype(np.float32)
+    probs = np.asarray(model.predict(x))
+    assert probs.shape == (2, len(classes)) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_optuna_study_matches_ray_outcomes(searched):
+    from ray.tune.search.optuna import OptunaSearch
+
+    tmp, _ = searched
+    exp_dir = tmp / "ray_results" / "test_space"
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(exp_dir))
+    states = [t.state.name for t in searcher._ot_study.trials]
+    client = client_of(tmp)
+    runs = client.search_runs([client.get_experiment_by_name("test_space").experiment_id],
+                              "tags.`egosearch.outcome` != ''")
+    outcomes = sorted(r.data.tags["egosearch.outcome"] for r in runs)
+    expected = sorted("COMPLETE" if o == "completed" else "PRUNED" for o in outcomes)
+    assert sorted(states) == expected
+
+
+def test_retrain_champion(searched):
+    tmp, _ = searched
+    proc = subprocess.run([sys.executable, "-m", "tuning.retrain", "--champion", "--seeds", "2",
+                           "--epochs-scale", "0.005", "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--out", str(tmp / "rt")],
+                          cwd=tmp, env=env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = client_of(tmp)
+    runs = client.search_runs([client.get_experiment_by_name("test_space").experiment_id], "tags.kind = 'retrain'")
+    assert len(runs) == 1
+    m = runs[0].data.metrics
+    seeds = [k for k in m if k.startswith("test_top1_seed")]
+    assert len(seeds) == 2 and "test_top1_mean" in m and "test_top1_std" in m
+    assert m["test_top1_mean"] == pytest.approx(np.mean([m[k] for k in seeds]))
+    # trained on train+val users: no validation split was held out
+    metrics = json.loads(next((tmp / "rt").rglob("metrics.json")).read_text())
+    assert metrics["num_val_clips"] == 0 and metrics["test_top1"] is not None
+
+
+def _finished_trials(exp_dir: Path) -> set[str]:
+    done = set()
+    for f in exp_dir.glob("*/result.json"):
+        if '"final": true' in f.read_text():
+            done.add(f.parent.name)
+    return done
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, tiny_root):
+    space = write_space(tmp_path, num_samples=2, max_concurrent=1, scheduler={"type": "fifo"})
+    spec = yaml.safe_load(space.read_text())
+    spec["base"]["train.epochs_scale"] = 0.005  # 2/1/1 epochs
+    space.write_text(yaml.safe_dump(spec))
+    proc = subprocess.Popen(search_cmd(space, tiny_root), cwd=tmp_path, env=env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exp_dir = tmp_path / "ray_results" / "test_space"
+    deadline = time.time() + 600
+    while time.time() < deadline and not _finished_trials(exp_dir):
+        time.sleep(1)
+    before = _finished_trials(exp_dir)
+    assert before, "no trial finished before the deadline"
+    time.sleep(3)  # let the driver get into the next trial
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+
+    again = subprocess.run(search_cmd(space, tiny_root), cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # refuses to overwrite the old search
+    resumed = subprocess.run(search_cmd(space, tiny_root, "--resume"), cwd=tmp_path, env=env(),
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = sorted(p.name for p in exp_dir.iterdir() if p.is_dir() and (p / "result.json").exists())
+    assert len(trials) == 2
+    for t in before:  # finished trials were not run again: one result per epoch, no repeats
+        rows = [json.loads(line) for line in (exp_dir / t / "result.json").read_text().splitlines()]
+        epochs = [r["global_epoch"] for r in rows if not r.get("final")]
+        assert epochs == list(range(1, 4))
+    client = client_of(tmp_path)
+    exp = client.get_experiment_by_name("test_space")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and len({r.data.tags["ray.trial_id"] for r in children}) == 2
+    assert all(r.data.tags["egosearch.outcome"] == "completed" for r in children)
+    assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--space", "no_such_space"], "unknown search space"),
+        (["--space", "{bad}"], "unknown search space"),
+        (["--tracking-uri", "http://127.0.0.1:9"], "not reachable"),
+        (["--resume"], "nothing to resume"),
+        (["--num-samples", "0"], "--num-samples"),
+        (["--data", "/nonexistent/GTEA61"], "does not exist"),
+    ],
+)
+def test_bad_input_fails_before_any_trial(tmp_path, tiny_root, args, message):
+    cmd = [sys.executable, "-m", "tuning.search", "--data", str(tiny_root), *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_param_not_in_egomodel_config(tmp_path, tiny_root):
+    space = write_space(tmp_path, params={"model.alhpa": {"type": "float", "low": 0.1, "high": 1}})
+    proc = subprocess.run(search_cmd(space, tiny_root), cwd=tmp_path, env=env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "model.alhpa" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unreachable_ray_address(tmp_path, tiny_root):
+    space = write_space(tmp_path)
+    proc = subprocess.run(search_cmd(space, tiny_root, "--address", "127.0.0.1:1"), cwd=tmp_path, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "cannot connect to the Ray cluster" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_head_local_storage_refused_on_multi_node(monkeypatch):
+    import ray
+
+    from tuning import search
+
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])
+    with pytest.raises(search.SearchError, match="s3://"):
+        search.connect_ray("auto", "/home/me/ray_results")
+    search.connect_ray("auto", "s3://bucket/ray_results")  # a URI every node sees is fine

@@ -1,0 +1,90 @@
+"""Stage-prefix reuse: computed once, shared exactly, keyed on what the stages depend on."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from egomodel import checkpoint as ck
+from egomodel.engine import train
+from egomodel.prefix import stage_key
+from tests.conftest import tiny_config
+from tuning.stage_store import StageStore
+
+
+def test_two_concurrent_claims_compute_once(tmp_path):
+    computed, got, logs = [], {}, []
+
+    def trial(name):
+        store = StageStore(str(tmp_path), poll_seconds=0.05, settle_seconds=0.05, log=logs.append)
+        path = store.get_or_claim("k1", name)
+        if path is None:
+            computed.append(name)
+            time.sleep(0.5)
+            store.put("k1", {"state": {"w": torch.ones(2)}, "computed_by": name})
+            path = store.get_or_claim("k1", name)
+        got[name] = torch.load(path, weights_only=True)["computed_by"]
+
+    threads = [threading.Thread(target=trial, args=(f"t{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(computed) == 1 and set(got.values()) == {computed[0]}
+    assert any("waiting for" in m for m in logs)  # the waiting trial says so
+
+
+def test_a_crashed_holders_lease_expires(tmp_path):
+    crashed = StageStore(str(tmp_path), lease_seconds=0.3, settle_seconds=0.01)
+    assert crashed.get_or_claim("k", "crashed") is None
+    crashed._beats.pop("k").set()  # the holder dies: no more heartbeats, no release
+    logs = []
+    other = StageStore(str(tmp_path), lease_seconds=0.3, poll_seconds=0.05, settle_seconds=0.01, log=logs.append)
+    start = time.time()
+    assert other.get_or_claim("k", "other") is None  # it takes the lease over once it expired
+    assert time.time() - start >= 0.2 and any("expired" in m for m in logs)
+
+
+def test_a_corrupted_result_is_detected_and_recomputed(tmp_path):
+    store = StageStore(str(tmp_path), settle_seconds=0.01)
+    assert store.get_or_claim("k", "a") is None
+    store.put("k", {"state": {}, "computed_by": "a"})
+    assert store.get_or_claim("k", "b") is not None
+    blob = tmp_path / "k" / "result.pt"
+    blob.write_bytes(blob.read_bytes()[:-10] + b"0123456789")
+    logs = []
+    store2 = StageStore(str(tmp_path), settle_seconds=0.01, log=logs.append)
+    assert store2.get_or_claim("k", "c") is None and any("corrupt" in m for m in logs)
+
+
+def test_keys_follow_what_each_stage_depends_on(tiny_root):
+    base = tiny_config(tiny_root)
+    fp = "f" * 16
+    later = tiny_config(tiny_root, model__alpha=3.0, model__insertion="layer2", train__stage3__lr=1e-3)
+    assert stage_key(base, fp, 1) == stage_key(later, fp, 1)
+    assert stage_key(base, fp, 2) != stage_key(later, fp, 2)  # alpha changes stage 2
+    only3 = tiny_config(tiny_root, model__insertion="layer2", train__stage3__lr=1e-3)
+    assert stage_key(base, fp, 2) == stage_key(only3, fp, 2) and stage_key(base, fp, 3) != stage_key(only3, fp, 3)
+    assert stage_key(base, fp, 1) != stage_key(tiny_config(tiny_root, train__seed=1), fp, 1)
+    assert stage_key(base, fp, 1) != stage_key(base, "e" * 16, 1)  # another data set
+    assert stage_key(base, fp, 1) == stage_key(tiny_config(tiny_root, model__variant="ms"), fp, 1)
+
+
+def test_trials_share_stages_exactly(tmp_path, tiny_root):
+    store = StageStore(str(tmp_path / "store"), settle_seconds=0.01)
+    a = train(tiny_config(tiny_root), tmp_path / "a", progress=False, store=store, owner="trial-a")
+    reports = []
+    b_cfg = tiny_config(tiny_root, train__stage3__lr=1e-3, model__insertion="layer1")
+    b = train(b_cfg, tmp_path / "b", progress=False, store=store, owner="trial-b", callback=reports.append)
+    assert a["from_store"] == []
+    assert [(s["stage"], s["computed_by"]) for s in b["from_store"]] == [(1, "trial-a"), (2, "trial-a")]
+    assert [r.from_store for r in reports] == [True, True, True, False]
+    alone = train(b_cfg, tmp_path / "c", progress=False)  # the same trial without the store
+    assert alone["val_top1"] == b["val_top1"] and alone["test_top1"] == b["test_top1"]
+    sb = ck.load(tmp_path / "b" / "checkpoints" / ck.best_name(3))["model"]
+    sc = ck.load(tmp_path / "c" / "checkpoints" / ck.best_name(3))["model"]
+    assert all(torch.equal(sb[k], sc[k]) for k in sc)
+    seeded = train(tiny_config(tiny_root, train__seed=1), tmp_path / "d", progress=False, store=store, owner="d")
+    assert seeded["from_store"] == []  # another seed shares nothing

@@ -1,0 +1,137 @@
+"""egomodel.visualize: training curves, CAM overlays and feedback β/γ maps of a model, as PNG files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from egomodel import checkpoint as ck
+from egomodel import visualize as vis
+from egomodel.config import ModelConfig
+from egomodel.data.dataset import load_bundle
+from egomodel.model import EgoRNN
+from egomodel.stages import apply_stage
+from tests.conftest import tiny_config
+
+SIZE, T, C = 64, 3, 4
+
+
+def feedback_model(point: str = "conv1", perturb: bool = True) -> EgoRNN:
+    torch.manual_seed(0)
+    model = EgoRNN(ModelConfig(variant="feedback", pretrained="none", hidden=16, insertion=point), C, SIZE)
+    apply_stage(model, ["feedback", "conv1", "layer4"])  # stage 3: the branch runs
+    if perturb:  # away from the identity the branch starts at
+        for p in model.feedback.parameters():
+            nn.init.normal_(p, std=0.2)
+    return model.eval()
+
+
+def is_png(path, min_side: int = 100) -> bool:
+    with Image.open(path) as im:
+        return im.format == "PNG" and min(im.size) >= min_side
+
+
+HISTORY = [
+    {"stage": s, "epoch": e, "global_epoch": g, "train_loss": 2.0 - 0.1 * g, "train_top1": 0.1 * g,
+     "val_loss": 2.1 - 0.1 * g, "val_top1": 0.08 * g, "lr": 1e-3}
+    for g, (s, e) in enumerate([(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (3, 1), (3, 2)], start=1)
+]
+
+
+def test_training_curves(tmp_path):
+    path = vis.training_curves(HISTORY, tmp_path / "curves.png", "title")
+    assert path == tmp_path / "curves.png" and is_png(path)
+    assert vis.training_curves([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    # no validation (final re-training): train curves only, no error
+    rows = [{k: v for k, v in r.items() if not k.startswith("val_")} for r in HISTORY]
+    assert is_png(vis.training_curves(rows, tmp_path / "train_only.png"))
+
+
+@pytest.mark.parametrize("variant", ["attention", "feedback"])
+def test_cam_overlays(tmp_path, variant):
+    torch.manual_seed(0)
+    model = EgoRNN(ModelConfig(variant=variant, pretrained="none", hidden=16), C, SIZE).eval()
+    frames = torch.randn(2, T, 3, SIZE, SIZE)
+    path = vis.cam_overlays(model, frames, [0, 3], ["a", "b", "c", "d"], tmp_path / "cam.png")
+    assert is_png(path)
+
+
+def test_no_cam_for_convlstm(tmp_path):
+    model = EgoRNN(ModelConfig(variant="convlstm", pretrained="none", hidden=16), C, SIZE)
+    assert vis.cam_overlays(model, torch.randn(1, T, 3, SIZE, SIZE), [0], list("abcd"), tmp_path / "x.png") is None
+
+
+@pytest.mark.parametrize("point", ["conv1", "layer2"])
+def test_feedback_tensors_are_what_the_forward_used(point):
+    model = feedback_model(point)
+    clip = torch.randn(T, 3, SIZE, SIZE)
+    recs = vis.feedback_tensors(model, clip)
+    assert len(recs) == T - 1  # frame 0 has no previous frame
+    # frame t-1's Conv100, recomputed independently: the model's own encoder on the previous frames
+    prev = None
+    mids = []
+    with torch.no_grad():
+        for t in range(T):
+            _, _, prev, _ = model._encode(clip[t:t + 1], prev)
+            mids.append(prev[0])
+    for t, rec in enumerate(recs, start=1):
+        assert torch.allclose(rec["conv100"], mids[t - 1], atol=1e-5)
+        assert rec["beta"].shape == rec["gamma"].shape == rec["before"].shape == rec["after"].shape
+        assert torch.allclose(rec["after"], rec["beta"] * rec["before"] + rec["gamma"], atol=1e-5)
+        assert not torch.allclose(rec["beta"], torch.ones_like(rec["beta"]))
+    assert bool(model.feedback_on)  # the caller's setting is restored
+
+
+def test_feedback_at_initialisation_is_the_identity():
+    model = feedback_model(perturb=False)
+    model.feedback_on.fill_(False)
+    recs = vis.feedback_tensors(model, torch.randn(T, 3, SIZE, SIZE))
+    assert not bool(model.feedback_on)  # restored after the branch was forced on for the pictures
+    for rec in recs:
+        assert torch.equal(rec["beta"], torch.ones_like(rec["beta"]))
+        assert torch.equal(rec["gamma"], torch.zeros_like(rec["gamma"]))
+        assert torch.equal(rec["after"], rec["before"])
+
+
+def test_feedback_maps(tmp_path):
+    model = feedback_model()
+    assert is_png(vis.feedback_maps(model, torch.randn(T, 3, SIZE, SIZE), tmp_path / "fb.png", channels=3))
+    assert vis.feedback_maps(model, torch.randn(1, 3, SIZE, SIZE), tmp_path / "one.png") is None
+    with pytest.raises(ValueError, match="no feedback branch"):
+        vis.feedback_tensors(EgoRNN(ModelConfig(variant="ms", pretrained="none", hidden=16), C, SIZE),
+                             torch.randn(T, 3, SIZE, SIZE))
+
+
+def test_to_image_inverts_the_normalisation():
+    rgb = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    norm = torch.from_numpy(((rgb - vis.MEAN) / vis.STD).transpose(2, 0, 1))
+    assert np.allclose(vis.to_image(norm), rgb, atol=1e-6)
+
+
+def test_pick_clips_spreads_over_classes():
+    assert vis.pick_clips([0, 0, 0, 1, 1, 2], 4) == [0, 3, 5, 1]
+    assert vis.pick_clips([1, 1], 4) == [0, 1]
+    assert vis.pick_clips([], 3) == []
+
+
+def test_model_plots_from_a_checkpoint(tmp_path, tiny_root):
+    cfg = tiny_config(tiny_root)
+    bundle = load_bundle(cfg.data, cfg.train.seed, need_mmaps=False)
+    torch.manual_seed(0)
+    model = EgoRNN(cfg.model, len(bundle.classes), cfg.data.image_size)
+    apply_stage(model, ["feedback"])
+    path = ck.save(tmp_path / "stage3_best.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
+                                                  "classes": bundle.classes, "stage": 3, "epoch": 1})
+    files = vis.model_plots(path, tmp_path / "plots", history=HISTORY, clips=3)
+    assert sorted(f.name for f in files) == ["cam_val.png", "feedback_val.png", "training_curves.png"]
+    assert all(is_png(f) for f in files)
+    # the command line does the same
+    (tmp_path / "metrics.json").write_text(json.dumps({"history": HISTORY}))
+    assert vis.main(["--checkpoint", str(path), "--out", str(tmp_path / "cli"), "--metrics",
+                     str(tmp_path / "metrics.json"), "--clips", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(f.name for f in files)
