@@ -74,7 +74,8 @@ class TrainConfig:
     seed: int = 0
     epochs_scale: float = 1.0  # scales every stage's epochs and milestones
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast on CUDA and AVX-512-BF16/AMX CPUs, else fp32
+    channels_last: bool = True  # NHWC convolutions: 2x faster stage-2 steps on the 2-core CPU here
     weight_decay: float = 4e-5
     eps: float = 1e-4
     eval_batch_size: int = 8

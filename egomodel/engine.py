@@ -118,6 +118,8 @@ def train(
     offsets = np.cumsum([0] + [s.epochs for s in plan]).tolist()
     seed_everything(cfg.train.seed)  # weights initialise the same way for the same seed
     model = EgoRNN(cfg.model, len(bundle.classes), cfg.data.image_size).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     train_ds = ClipDataset(bundle.train, bundle.classes, cfg.data, cfg.train.seed, with_mmaps=uses_mmaps(cfg))
     val_loader = eval_loader(cfg, bundle, bundle.val)
 

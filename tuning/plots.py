@@ -127,7 +127,7 @@ def trials_table(
     keys = [p.key for p in space.params]
     by_number = {t.number: t for t in study.trials} if study is not None else {}
     numbers = numbers or {}
-    head = ["trial_id", "run_id", "run_name", "status", "outcome", "val_top1", "last_val_top1",
+    head = ["trial_id", "run_id", "run_name", "status", "outcome", "val_top1", "last_epoch_val_top1",
             "stopped_at_epoch", "retries", "error", "optuna_number", "optuna_state", *keys]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

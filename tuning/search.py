@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None, help="registered model name (default: egosearch-EXPERIMENT)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
     p.add_argument("--seed", type=int, default=None, help="training seed and TPE seed (default: the space's seed)")
+    p.add_argument("--no-stage-store", action="store_true",
+                   help="compute every trial's stages itself (default: share identical stage prefixes)")
     return p
 
 
@@ -141,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
                           "or pass another --experiment name")
     connect_ray(args.address, storage)
     parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume)
-    setup = TrialSetup(space, data_root, seed)
+    store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"
+    setup = TrialSetup(space, data_root, seed, store_uri)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(space))
     if args.resume:
         print(f"resuming the search at {path}")

@@ -108,9 +108,9 @@ def quick_http(timeout: int = 10) -> Iterator[None]:
 
 def check_reachable(uri: str) -> MlflowClient:
     """Fail before any trial starts if the tracking store cannot be reached."""
-    client = MlflowClient(uri)
     with quick_http():
         try:
+            client = MlflowClient(uri)  # an unsupported scheme or a retired file store fails here
             client.search_experiments(max_results=1)
         except Exception as e:  # connection refused, DNS, bad scheme, unwritable sqlite
             msg = str(e).splitlines()[0][:300] if str(e) else ""
@@ -157,42 +157,27 @@ def error_text(trial: Any) -> str:
         return ""
 
 
-_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning|Failure)\b[^\n]*)$", re.M)
-
-
 def error_reason(trial: Any, text: str | None = None) -> str:
-    """One line saying why the trial failed: the original exception inside Ray's wrapper.
+    """One line saying why the trial failed: the trainable's own exception inside Ray's wrapper.
 
-    In Ray 2.60 ``on_trial_error`` gets only the trial. Ray has already written the exception to the
-    trial's folder on the driver: pickled (a ``RayTaskError`` whose ``cause`` is the trainable's own
-    exception; a ``RayActorError`` when the worker died) and as text in ``error.txt``.
+    In Ray 2.60 ``on_trial_error`` gets only the trial (no exception argument, no ``error_message``
+    attribute). Before calling it Ray appends ``Failure # N (occurred at ...)`` and ``str(exc)`` to the
+    trial's ``error.txt`` on the driver; for a ``RayTaskError`` that text ends with the original
+    ``FloatingPointError: training loss is nan ...`` line, for a dead worker it starts with what
+    happened (``The actor died unexpectedly ...``). The text is read, never an unpickled object.
     """
-    cause = _pickled_cause(trial)
-    if cause is not None and not type(cause).__module__.startswith("ray."):
-        return f"{type(cause).__name__}: {cause}".strip()[:_MAX_TAG]
     text = error_text(trial) if text is None else text
-    line = _last_exception_line(text)
+    last = _ANSI.sub("", _FAILURE.split(text)[-1]).strip()
+    line = _last_exception_line(last)
     if line:
         return line
-    if cause is not None:  # a Ray error (worker died, ...): its first line says what happened
-        first = next((ln for ln in str(cause).splitlines() if ln.strip()), "")
-        return f"{type(cause).__name__}: {first}".strip()[:_MAX_TAG]
-    return (text.strip().splitlines() or ["trial failed"])[-1][:_MAX_TAG]
+    first = next((ln.strip() for ln in last.splitlines() if ln.strip()), "")
+    return first[:_MAX_TAG] or "trial failed (Ray wrote no error text)"
 
 
-def _pickled_cause(trial: Any) -> BaseException | None:
-    path = getattr(trial, "pickled_error_file", None)
-    if not path or not Path(path).is_file():
-        return None
-    try:
-        import cloudpickle
-
-        with open(path, "rb") as f:
-            exc = cloudpickle.load(f)
-    except Exception:  # noqa: BLE001 - an unreadable pickle falls back to the text
-        return None
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc if isinstance(exc, BaseException) else None
+_FAILURE = re.compile(r"^Failure # \d+ \(occurred at [^)]*\)\s*$", re.M)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Failure)(?:\([\w.]*\))?: [^\n]*)$", re.M)
 
 
 def _last_exception_line(text: str) -> str | None:

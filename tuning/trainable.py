@@ -21,6 +21,7 @@ from egomodel import checkpoint as ck
 from egomodel.engine import EpochReport, train
 from egomodel.stages import stage_plan
 from tuning.space import SearchSpace, trial_config
+from tuning.stage_store import StageStore
 
 FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "config.yaml", "plots")
 PLOTS = "plots"  # training curves, CAM overlays, feedback beta/gamma maps (egomodel.visualize)
@@ -33,6 +34,7 @@ class TrialSetup:
     space: SearchSpace
     data_root: str
     seed: int
+    store_uri: str | None = None  # the stage store (under the Ray storage path); None: no reuse
 
 
 def total_epochs(cfg: Any) -> int:
@@ -85,9 +87,14 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     def report(r: EpochReport) -> None:
         metrics = {**r.metrics, "stage": r.stage, "stage_epoch": r.epoch, "global_epoch": r.global_epoch,
                    "total_epochs": n_total, "final": False}
+        if r.from_store:
+            metrics["from_store"] = True
         if r.global_epoch == n_total:
             # ASHA stops a trial once it reports max_t: the last epoch goes out with the final summary
             held.append(metrics)
+            return
+        if r.from_store and r.epoch < r.stage_epochs:  # replayed epochs: one checkpoint per stored stage
+            tune.report(metrics)
             return
         folder = _checkpoint_dir(r.checkpoint_dir, r.stage)
         try:
@@ -95,7 +102,10 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    final = train(cfg, work, callback=report, resume=resume, evaluate_test=False, progress=False)
+    store = StageStore(setup.store_uri) if setup.store_uri else None
+    trial_id = tune.get_context().get_trial_id()
+    final = train(cfg, work, callback=report, resume=resume, evaluate_test=False, progress=False,
+                  store=store, owner=f"trial {trial_id}")
     last_stage = stage_plan(cfg.model.variant, cfg.train)[-1].number
     _plots(ckdir / ck.best_name(last_stage), work / PLOTS, final.get("history"))
     folder = _checkpoint_dir(ckdir, last_stage, extra=work)

@@ -1,0 +1,192 @@
+"""``python -m benchmarks.run [--quick] --json OUT.json``: every figure measured side by side in one run.
+
+Keys (each a ratio; medians of at least 3 repetitions where a repetition is cheap enough to repeat):
+``search_cost_ratio``, ``stage1_cache_speedup`` (null until the stage-1 feature cache exists),
+``step_speedup_vs_naive``, ``data_wait_fraction``, ``tune_overhead_ratio``, ``two_node_speedup``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.step import time_steps
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = {
+    "model.variant": "feedback", "model.pretrained": "none", "model.hidden": 32, "data.image_size": 64,
+    "data.frames": 3, "data.num_workers": 0, "train.epochs_scale": 0.01, "train.stage1.batch_size": 8,
+    "train.stage2.batch_size": 8, "train.stage3.batch_size": 8, "train.eval_batch_size": 32,
+}
+# ablation-style at smoke scale: nothing touches stage 1; stage 2 has a few discrete settings
+ABLATION_PARAMS = {
+    "model.alpha": {"type": "categorical", "choices": [0.5, 1.0, 2.0]},
+    "model.insertion": {"type": "categorical", "choices": ["conv1", "layer1", "layer2", "layer3", "layer4"]},
+    "train.stage3.lr": {"type": "float", "low": 1.0e-5, "high": 1.0e-2, "log": True},
+}
+
+
+def machine() -> str:
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+def _space(tmp: Path, name: str, params: dict[str, Any], n: int, conc: int, **extra: Any) -> Path:
+    spec = {"name": name, "metric": "val_top1", "mode": "max", "num_samples": n, "max_concurrent": conc,
+            "seed": 0, "resources": {"cpu": 1, "gpu": 0}, "scheduler": {"type": "fifo"}, "base": BASE,
+            "params": params, **extra}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _search(tmp: Path, space: Path, data: Path, *extra: str) -> float:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tuning.search", "--space", str(space), "--data", str(data),
+                           *extra], cwd=tmp, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"search failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def _rows(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for f in exp_dir.glob("*/result.json"):
+        out[f.parent.name] = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return out
+
+
+def _executed_epochs(rows: list[dict[str, Any]]) -> int:
+    return len({r["global_epoch"] for r in rows if not r.get("from_store")})
+
+
+def _best_config(rows: dict[str, list[dict[str, Any]]]) -> tuple[Any, float]:
+    finals = [(r[-1]["val_top1"], json.dumps(r[-1]["config"], sort_keys=True)) for r in rows.values()
+              if r and r[-1].get("final")]
+    top = max(finals)
+    return top[1], top[0]
+
+
+def search_cost(tmp: Path, data: Path, trials: int) -> dict[str, Any]:
+    """Stage-epochs executed by one ablation-style search with the stage store and one without."""
+    space = _space(tmp, "cost", ABLATION_PARAMS, trials, 2)
+    results = {}
+    for label, extra in (("store", []), ("naive", ["--no-stage-store"])):
+        work = tmp / label
+        work.mkdir()
+        wall = _search(work, space, data, *extra)
+        rows = _rows(work / "ray_results" / "cost")
+        waits = [r[-1].get("mean_data_wait_fraction") for r in rows.values() if r and r[-1].get("final")]
+        results[label] = {"epochs": sum(_executed_epochs(r) for r in rows.values()), "wall_s": wall,
+                          "best": _best_config(rows), "data_wait": statistics.mean(w for w in waits if w is not None)}
+    s, n = results["store"], results["naive"]
+    return {"search_cost_ratio": s["epochs"] / n["epochs"], "stage_epochs_with_store": s["epochs"],
+            "stage_epochs_without_store": n["epochs"], "search_wall_ratio": s["wall_s"] / n["wall_s"],
+            "same_best_configuration": s["best"][0] == n["best"][0],
+            "data_wait_fraction": s["data_wait"]}
+
+
+def tune_overhead(tmp: Path, data: Path, reps: int) -> dict[str, Any]:
+    """A smoke trial's time under Ray Tune (its own time_total_s) vs the same engine.train directly."""
+    import torch
+
+    from egomodel.config import from_dict
+    from egomodel.engine import train
+
+    point = {"model.alpha": 1.0}
+    space = _space(tmp, "overhead", {"model.alpha": {"type": "categorical", "choices": [1.0]}}, reps, 1,
+                   points=[point] * reps)
+    work = tmp / "overhead"
+    work.mkdir()
+    _search(work, space, data, "--no-stage-store")
+    tuned = [r[-1]["time_total_s"] for r in _rows(work / "ray_results" / "overhead").values()]
+    direct = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what Ray gives a 1-CPU trial
+    try:
+        for i in range(reps):
+            cfg = from_dict({}, {**BASE, "model.alpha": 1.0, "data.root": str(data)})
+            t0 = time.perf_counter()
+            train(cfg, work / f"direct{i}", evaluate_test=False, progress=False)
+            direct.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return {"tune_overhead_ratio": statistics.median(tuned) / statistics.median(direct),
+            "trial_s_under_tune": statistics.median(tuned), "trial_s_direct": statistics.median(direct)}
+
+
+def _ray(*args: str) -> None:
+    subprocess.run([str(Path(sys.executable).parent / "ray"), *args], check=True, capture_output=True)
+
+
+def two_nodes(tmp: Path, data: Path, trials: int) -> dict[str, Any]:
+    """Trials per hour on one Ray node (1 CPU) and on two nodes of this machine (1 CPU each)."""
+    space = _space(tmp, "nodes", {"model.alpha": {"type": "float", "low": 0.5, "high": 2.0}}, trials, trials)
+    port = "6391"
+    rates = {}
+    try:
+        _ray("start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard", "false")
+        for nodes in (1, 2):
+            if nodes == 2:
+                _ray("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1")
+            work = tmp / f"nodes{nodes}"
+            work.mkdir()
+            wall = _search(work, space, data, "--address", f"127.0.0.1:{port}", "--no-stage-store",
+                           "--storage", f"file://{work / 'ray_results'}")
+            rates[nodes] = trials / wall * 3600
+    finally:
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    return {"two_node_speedup": rates[2] / rates[1], "trials_per_hour_1_node": rates[1],
+            "trials_per_hour_2_nodes": rates[2]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="smaller searches; finishes in minutes")
+    p.add_argument("--tiny", action="store_true", help="CI: check that every benchmark runs, not its figures")
+    p.add_argument("--json", required=True, help="where to write the figures")
+    p.add_argument("--skip", nargs="*", default=[], choices=["step", "search", "overhead", "nodes"])
+    args = p.parse_args(argv)
+    from egomodel.data.synthetic import generate
+
+    tmp = Path(tempfile.mkdtemp(prefix="egobench-"))
+    data = generate(tmp / "data", classes=4, clips_per_class=3, frames=6, size=(48, 40), seed=0)
+    reps = 1 if args.tiny else 3
+    out: dict[str, Any] = {"machine": machine(), "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
+                           "stage1_cache_speedup": None}
+    if "step" not in args.skip:
+        shape = (1, 2, 64) if args.tiny else (4, 7, 224)
+        naive = time_steps(True, *shape, reps)
+        ours = time_steps(False, *shape, reps, channels_last=True)
+        out.update(step_speedup_vs_naive=naive / ours, naive_step_s=naive, our_step_s=ours, step_shape=list(shape))
+    if "search" not in args.skip:
+        out.update(search_cost(tmp, data, 2 if args.tiny else 8 if args.quick else 16))
+    if "overhead" not in args.skip:
+        out.update(tune_overhead(tmp, data, reps))
+    if "nodes" not in args.skip:
+        out.update(two_nodes(tmp, data, 1 if args.tiny else 4))
+    Path(args.json).write_text(json.dumps(out, indent=2))
+    width = max(len(k) for k in out)
+    for k, v in out.items():
+        print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
