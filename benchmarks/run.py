@@ -140,10 +140,11 @@ def two_nodes(tmp: Path, data: Path, trials: int) -> dict[str, Any]:
     port = "6391"
     rates = {}
     try:
-        _ray("start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard", "false")
+        _ray("start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard", "false",
+             "--node-ip-address", "127.0.0.1")
         for nodes in (1, 2):
             if nodes == 2:
-                _ray("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1")
+                _ray("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--node-ip-address", "127.0.0.1")
             work = tmp / f"nodes{nodes}"
             work.mkdir()
             wall = _search(work, space, data, "--address", f"127.0.0.1:{port}", "--no-stage-store",

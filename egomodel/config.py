@@ -79,6 +79,7 @@ class TrainConfig:
     weight_decay: float = 4e-5
     eps: float = 1e-4
     eval_batch_size: int = 8
+    stage1_views: int = 0  # stage-1 feature cache: augmentation draws cached per clip (0: off, fresh draws)
     stage1: StageConfig = _stage(300, 1e-3, [25, 75, 150], 32, ["convlstm", "classifier"])
     stage2: StageConfig = _stage(
         150, 1e-4, [25, 75], 32, ["convlstm", "classifier", "layer4", "fc", "ms_head"]
@@ -205,6 +206,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.image_size: {d.image_size} must be a multiple of 32 (>= 32)")
     if not 0.0 <= d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction: {d.val_fraction} is outside [0, 1)")
+    if t.stage1_views < 0:
+        raise ConfigError(f"train.stage1_views: {t.stage1_views} must be >= 0")
     if d.num_workers < 0 or d.mmap_reach < 0:
         raise ConfigError("data.num_workers and data.mmap_reach must be >= 0")
     if not d.test_users:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from egomodel import checkpoint as ck
 from egomodel.config import Config, dump, flatten
 from egomodel.data.dataset import ClipDataset, DataBundle, load_bundle, make_loader
+from egomodel.feature_cache import FeatureCache, evaluate_cached, train_cached_epoch
 from egomodel.model.backbone import calibrate_batchnorm
 from egomodel.model.network import EgoRNN
 from egomodel.prefix import StageStore, shared_state, stage_key
@@ -38,6 +39,7 @@ from egomodel.steps import evaluate, pick_device, train_epoch
 RESUME_FREE_KEYS = {"data.num_workers", "data.root", "train.device"}
 # blocks before (or in) the MS head: if none trains, the MS loss cannot change anything
 MS_UPSTREAM = {"conv1", "layer1", "layer2", "layer3", "layer4", "ms_head", "feedback"}
+CACHEABLE = {"convlstm", "classifier"}  # stages training only these can use the stage-1 feature cache
 
 
 @dataclass
@@ -198,18 +200,29 @@ class _Run:
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
         key = str(stage.number)
+        cached = cfg.train.stage1_views > 0 and set(active) <= CACHEABLE
+        if cached:  # nothing before the ConvLSTM trains: encode each clip view once
+            train_cache = FeatureCache(model, self.train_ds, cfg.train.stage1_views, device, progress=self.progress)
+            val_cache = FeatureCache(model, self.val_loader.dataset, 0, device, progress=self.progress)
         for epoch in range(done + 1, stage.epochs + 1):
             g = offset + epoch
-            loader = make_loader(self.train_ds, stage.batch_size, cfg.data.num_workers, epoch_key=g)
             lr = opt.param_groups[0]["lr"]
             desc = f"stage {stage.number} epoch {epoch}/{stage.epochs}"
-            metrics = train_epoch(model, loader, opt, cfg, device, desc, self.progress, ms_on)
+            if cached:
+                metrics = train_cached_epoch(model, train_cache, opt, stage.batch_size, g, device)
+            else:
+                loader = make_loader(self.train_ds, stage.batch_size, cfg.data.num_workers, epoch_key=g)
+                metrics = train_epoch(model, loader, opt, cfg, device, desc, self.progress, ms_on)
             sched.step()
             metrics["lr"] = lr
             if self.bundle.val:
-                val = evaluate(model, self.val_loader, cfg, device, ms_on)
-                metrics.update(val_loss=val.loss, val_top1=val.top1)
-                is_best = key not in self.best or val.top1 > self.best[key]["val_top1"]
+                if cached:
+                    val_loss, val_top1 = evaluate_cached(model, val_cache, device)
+                else:
+                    val = evaluate(model, self.val_loader, cfg, device, ms_on)
+                    val_loss, val_top1 = val.loss, val.top1
+                metrics.update(val_loss=val_loss, val_top1=val_top1)
+                is_best = key not in self.best or val_top1 > self.best[key]["val_top1"]
             else:  # no validation set: each stage keeps its last epoch
                 is_best = True
             if is_best:

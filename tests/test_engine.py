@@ -115,3 +115,32 @@ def test_corrupt_frame_names_the_file(tmp_path, tiny_root):
     frame.write_bytes(b"not a png")
     with pytest.raises(DataError, match="rgb0001.png"):
         train(tiny_config(root, model__variant="convlstm"), tmp_path / "o", progress=False)
+
+
+def test_stage1_feature_cache_matches_the_uncached_features(tmp_path, tiny_root):
+    from egomodel.config import from_dict
+    from egomodel.data import layout
+    from egomodel.data.dataset import ClipDataset
+    from egomodel.feature_cache import VIEW_KEY, FeatureCache
+    from egomodel.model import EgoRNN
+
+    cfg = tiny_config(tiny_root)
+    clips = layout.scan(tiny_root)[:3]
+    ds = ClipDataset(clips, layout.class_names(clips), cfg.data, seed=0)
+    torch.manual_seed(0)
+    model = EgoRNN(from_dict({}, {"model.pretrained": "none", "model.hidden": 8}).model, 4, 64).eval()
+    cache = FeatureCache(model, ds, views=2, device=torch.device("cpu"), progress=False)
+    assert cache.features.shape[:3] == (3, 2, 3)
+    with torch.no_grad():
+        for view in range(2):
+            direct = model.encode_clips(ds[(1, VIEW_KEY + view)]["frames"][None])[0]
+            assert torch.allclose(cache.features[1, view], direct, atol=1e-5)
+    picked = {tuple(y.tolist()) for _, y in cache.batches(2, epoch_key=5)}
+    assert sum(len(p) for p in picked) == 3
+
+
+def test_stage1_with_the_cache_trains(tmp_path, tiny_root):
+    metrics = train(tiny_config(tiny_root, model__variant="attention", train__stage1_views=2), tmp_path,
+                    progress=False)
+    stage1 = [h for h in metrics["history"] if h["stage"] == 1]
+    assert stage1 and all(h["data_wait_fraction"] == 0.0 for h in stage1)

@@ -135,3 +135,77 @@ def test_model_plots_from_a_checkpoint(tmp_path, tiny_root):
     assert vis.main(["--checkpoint", str(path), "--out", str(tmp_path / "cli"), "--metrics",
                      str(tmp_path / "metrics.json"), "--clips", "2"]) == 0
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(f.name for f in files)
+
+
+# ------------------------------------------------------------------ a search as a whole (tuning.plots)
+def _study(n_complete: int, n_pruned: int = 1, n_failed: int = 1):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(n_complete + n_pruned + n_failed):
+        trial = study.ask()
+        alpha = trial.suggest_float("model.alpha", 0.1, 10, log=True)
+        trial.suggest_categorical("train.stage3.trainable[conv1]", [True, False])
+        if i < n_complete:
+            study.tell(trial, alpha / 10)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED if i < n_complete + n_pruned
+                       else optuna.trial.TrialState.FAIL)
+    return study
+
+
+@pytest.mark.parametrize(("complete", "expected", "note"), [
+    (0, set(), "no complete trial"),
+    (1, {"optuna_history.png", "optuna_parallel_coordinate.png"}, "importances"),
+    (4, {"optuna_history.png", "optuna_importances.png", "optuna_parallel_coordinate.png"}, None),
+])
+def test_study_plots_skip_what_the_study_cannot_give(tmp_path, complete, expected, note):
+    from tuning.plots import study_plots
+
+    files, notes = study_plots(_study(complete), tmp_path)
+    assert {f.name for f in files} == expected and all(is_png(f) for f in files)
+    assert (note is None and not notes) or (note is not None and any(note in n for n in notes)), notes
+
+
+def test_study_comes_back_from_the_searcher_state(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuning.plots import load_study
+
+    searcher = OptunaSearch(metric="val_top1", mode="max")
+    searcher._ot_study = _study(2)
+    searcher._ot_trials = {"abc": searcher._ot_study.trials[1]}
+    searcher.save_to_dir(str(tmp_path), session_str="x")
+    study, numbers = load_study(tmp_path)
+    assert [t.state for t in study.trials] == [t.state for t in searcher._ot_study.trials]
+    assert numbers == {"abc": 1}
+
+
+def test_trials_csv_has_every_trial(tmp_path):
+    import csv
+
+    import mlflow
+
+    from tests.test_search import write_space
+    from tuning.plots import trials_table
+    from tuning.space import load_space
+    from tuning.tracking import MlflowCallback, check_reachable, parent_run
+
+    space = load_space(write_space(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    parent = parent_run(check_reachable(uri), "exp", "/ray/exp", space, "fp", resume=False)
+    cb = MlflowCallback(uri, parent, space, {"data.root": "/data", "train.seed": 0})
+    for tid, alpha in (("t0", 0.5), ("t1", 2.0)):
+        cb._put(tid, "create", name=f"run_trial_{tid}", start_time=1000 + len(tid) + alpha,
+                config={"model.alpha": alpha, "model.tau": 0.1, "train.stage3.lr": 1e-3})
+    cb._put("t0", "batch", metrics=[("best_val_top1", 0.75, 0, 7)], tags={"egosearch.outcome": "completed"})
+    cb._put("t1", "batch", tags={"egosearch.outcome": "failed", "error": "FloatingPointError: nan"})
+    study = _study(1, n_pruned=0, n_failed=1)
+    path = trials_table(mlflow.MlflowClient(uri), parent, space, tmp_path / "trials.csv", study, {"t0": 0, "t1": 1})
+    rows = {r["trial_id"]: r for r in csv.DictReader(open(path))}
+    assert set(rows) == {"t0", "t1"}
+    assert rows["t0"]["outcome"] == "completed" and float(rows["t0"]["val_top1"]) == 0.75
+    assert rows["t0"]["optuna_state"] == "COMPLETE" and rows["t1"]["optuna_state"] == "FAIL"
+    assert rows["t1"]["error"] == "FloatingPointError: nan" and rows["t1"]["model.alpha"] == "2.0"
+    assert {"run_id", "status", "model.tau", "train.stage3.lr"} <= set(rows["t0"])

@@ -135,6 +135,17 @@ class EgoRNN(nn.Module):
             lstm_in = lstm_in.unflatten(0, (b, t))
             ms = None if ms is None else ms.unflatten(0, (b, t))
             cam = None if cam is None else cam.unflatten(0, (b, t))
+        return ModelOutput(self.classify(lstm_in), ms, cam)
+
+    def encode_clips(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> the ConvLSTM's input (B, T, 512, s, s), batched over all frames.
+
+        Stage 1 trains nothing before this point, so these features can be cached per clip view.
+        """
+        b, t = frames.shape[:2]
+        return self._encode(frames.flatten(0, 1))[0].unflatten(0, (b, t))
+
+    def classify(self, lstm_in: torch.Tensor) -> torch.Tensor:
+        """ConvLSTM over time, avg-pool of the final *cell* state, dropout, linear: (B, classes)."""
         _, cell = self.convlstm(lstm_in)
-        logits = self.classifier(cell.mean(dim=(2, 3)))  # avg-pool of the final cell state
-        return ModelOutput(logits, ms, cam)
+        return self.classifier(cell.mean(dim=(2, 3)))
