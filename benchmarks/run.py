@@ -1,7 +1,7 @@
 """``python -m benchmarks.run [--quick] --json OUT.json``: every figure measured side by side in one run.
 
 Keys (each a ratio; medians of at least 3 repetitions where a repetition is cheap enough to repeat):
-``search_cost_ratio``, ``stage1_cache_speedup`` (null until the stage-1 feature cache exists),
+``search_cost_ratio``, ``stage1_cache_speedup``,
 ``step_speedup_vs_naive``, ``data_wait_fraction``, ``tune_overhead_ratio``, ``two_node_speedup``.
 """
 
@@ -130,6 +130,41 @@ def tune_overhead(tmp: Path, data: Path, reps: int) -> dict[str, Any]:
             "trial_s_under_tune": statistics.median(tuned), "trial_s_direct": statistics.median(direct)}
 
 
+def stage1_cache(data: Path, size: int, frames: int, reps: int) -> dict[str, Any]:
+    """One stage-1 epoch on decoded clips vs on cached features (same model, data, batch size)."""
+    import torch
+
+    from egomodel.config import from_dict
+    from egomodel.data.dataset import ClipDataset, load_bundle, make_loader
+    from egomodel.feature_cache import FeatureCache, train_cached_epoch
+    from egomodel.model import EgoRNN
+    from egomodel.stages import apply_stage
+    from egomodel.steps import train_epoch
+
+    cfg = from_dict({}, {"data.root": str(data), "data.image_size": size, "data.frames": frames,
+                         "model.variant": "attention", "model.pretrained": "none", "data.num_workers": 0})
+    bundle = load_bundle(cfg.data, 0, need_mmaps=False)
+    ds = ClipDataset(bundle.train, bundle.classes, cfg.data, 0)
+    model = EgoRNN(cfg.model, len(bundle.classes), size).to(memory_format=torch.channels_last)
+    apply_stage(model, ["convlstm", "classifier"])
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    cpu = torch.device("cpu")
+    uncached, cached = [], []
+    t0 = time.perf_counter()
+    cache = FeatureCache(model, ds, 1, cpu, progress=False)
+    build = time.perf_counter() - t0
+    for epoch in range(1, reps + 1):
+        t0 = time.perf_counter()
+        train_epoch(model, make_loader(ds, 8, 0, epoch_key=epoch), opt, cfg, cpu, progress=False, ms_on=False)
+        uncached.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        train_cached_epoch(model, cache, opt, 8, epoch, cpu)
+        cached.append(time.perf_counter() - t0)
+    return {"stage1_cache_speedup": statistics.median(uncached) / statistics.median(cached),
+            "stage1_epoch_s_uncached": statistics.median(uncached), "stage1_epoch_s_cached": statistics.median(cached),
+            "stage1_cache_build_s_per_view": build}
+
+
 def _ray(*args: str) -> None:
     subprocess.run([str(Path(sys.executable).parent / "ray"), *args], check=True, capture_output=True)
 
@@ -161,20 +196,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller searches; finishes in minutes")
     p.add_argument("--tiny", action="store_true", help="CI: check that every benchmark runs, not its figures")
     p.add_argument("--json", required=True, help="where to write the figures")
-    p.add_argument("--skip", nargs="*", default=[], choices=["step", "search", "overhead", "nodes"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["step", "cache", "search", "overhead", "nodes"])
     args = p.parse_args(argv)
     from egomodel.data.synthetic import generate
 
     tmp = Path(tempfile.mkdtemp(prefix="egobench-"))
     data = generate(tmp / "data", classes=4, clips_per_class=3, frames=6, size=(48, 40), seed=0)
     reps = 1 if args.tiny else 3
-    out: dict[str, Any] = {"machine": machine(), "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
-                           "stage1_cache_speedup": None}
+    out: dict[str, Any] = {"machine": machine(), "mode": "tiny" if args.tiny else "quick" if args.quick else "full"}
     if "step" not in args.skip:
         shape = (1, 2, 64) if args.tiny else (4, 7, 224)
         naive = time_steps(True, *shape, reps)
         ours = time_steps(False, *shape, reps, channels_last=True)
         out.update(step_speedup_vs_naive=naive / ours, naive_step_s=naive, our_step_s=ours, step_shape=list(shape))
+    if "cache" not in args.skip:
+        out.update(stage1_cache(data, 64 if args.tiny else 224, 3 if args.tiny else 7, reps))
     if "search" not in args.skip:
         out.update(search_cost(tmp, data, 2 if args.tiny else 8 if args.quick else 16))
     if "overhead" not in args.skip:

@@ -452,6 +452,12 @@ def test_a_checkpoint_with_a_pickled_object_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------- whole searches (slow)
+def own_ray_env() -> dict[str, str]:
+    """With no --address, ``ray.init()`` joins a cluster that ``ray start`` left on this machine (found
+    through /tmp/ray/ray_current_cluster); RAY_ADDRESS=local makes each search start its own."""
+    return {**env(), "RAY_ADDRESS": "local"}
+
+
 def _space_with_a_nan_trial(tmp: Path) -> Path:
     """Two trials: stage 1 at lr 1e37 (Adam's first step overflows the weights: the loss is NaN
     at the next batch) and a normal one."""
@@ -465,8 +471,8 @@ def test_search_with_a_failing_trial(tmp_path, tiny_root):
     """A trial whose loss goes non-finite: failed in Ray and MLflow with the reason, the search goes on,
     the completed trial has its plots, the parent run has Optuna's plots and trials.csv."""
     space = _space_with_a_nan_trial(tmp_path)
-    proc = subprocess.run(search_cmd(space, tiny_root), cwd=tmp_path, env=env(), capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(search_cmd(space, tiny_root), cwd=tmp_path, env=own_ray_env(), capture_output=True,
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp_dir = tmp_path / "ray_results" / "test_space"
     from ray.tune import ExperimentAnalysis
@@ -525,7 +531,7 @@ def test_search_survives_the_mlflow_server_going_away(tmp_path, tiny_root, serve
     space = write_space(tmp_path, num_samples=2, max_concurrent=2, scheduler={"type": "fifo"})
     server.start()
     cmd = search_cmd(space, tiny_root, "--tracking-uri", server.uri)
-    run_env = {**env(), tracking.FLUSH_TIMEOUT_ENV: "5"}
+    run_env = {**own_ray_env(), tracking.FLUSH_TIMEOUT_ENV: "5"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     exp_dir = tmp_path / "ray_results" / "test_space"
     deadline = time.time() + 600
