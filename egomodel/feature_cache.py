@@ -17,7 +17,6 @@ from tqdm import tqdm
 from egomodel.data.dataset import ClipDataset
 from egomodel.model.network import EgoRNN
 
-
 VIEW_KEY = 1_000_000  # augmentation keys of cached views, apart from epoch numbers
 
 

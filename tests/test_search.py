@@ -113,8 +113,9 @@ def test_optuna_study_matches_ray_outcomes(searched):
 
 def test_retrain_champion(searched):
     tmp, _ = searched
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
     proc = subprocess.run([sys.executable, "-m", "tuning.retrain", "--champion", "--seeds", "2",
-                           "--epochs-scale", "0.005", "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--out", str(tmp / "rt")],
+                           "--epochs-scale", "0.005", "--tracking-uri", uri, "--out", str(tmp / "rt")],
                           cwd=tmp, env=env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = client_of(tmp)

@@ -26,14 +26,15 @@ def test_stopped_early_is_pruned_finished_is_complete_error_is_fail():
     searcher.on_trial_complete("b", _epoch(0.6, 7, final=True))
     searcher.on_trial_complete("c", None, error=True)
     trials = {t.number: t for t in study_of(limiter).trials}
-    assert trials[0].state == TrialState.PRUNED and trials[0].intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
+    assert trials[0].state == TrialState.PRUNED
+    assert trials[0].intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
     assert trials[1].state == TrialState.COMPLETE and trials[1].value == 0.6
     assert trials[2].state == TrialState.FAIL
 
 
 def test_asha_rungs_start_after_stage_one():
-    from tuning.space import resolve_grace_period
     from tuning.search import base_config
+    from tuning.space import resolve_grace_period
 
     space = load_space("smoke")
     cfg = base_config(space, {})

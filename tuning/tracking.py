@@ -32,8 +32,9 @@ During the search the callback never lets MLflow stop it:
   state: ``finish`` (through :func:`log_search_summary`) raises :class:`TrackingError` (exit code 2)
   saying so, and the same command with ``--resume`` once the server is back delivers the backlog,
   registers the champion and logs the search's plots;
-- an operation the store rejects for what it is (an invalid value, a deleted run) is not retried: it
-  is dropped with a warning, so one bad write never blocks the rest.
+- an operation the store rejects for what it is (an invalid value, a deleted run), or one that fails
+  in this module's own code, is not retried: it is dropped with a warning, so one bad write never
+  blocks the rest.
 
 Replays are harmless: runs are found again by their trial tag before one is created, metrics carry
 the timestamp of their first attempt, tags and params are idempotent, artifacts are overwritten.
@@ -324,19 +325,22 @@ class MlflowCallback(Callback):
             raise _Dropped(f"unknown operation {op.kind}")
 
     def _create(self, trial_id: str, p: dict[str, Any]) -> None:
-        """The trial's child run, found again after a driver restart or a replayed write."""
-        if trial_id in self._runs:
-            return
-        exp_id = self._experiment_id()
-        found = self.client.search_runs(
-            [exp_id], f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'",
-            max_results=1)
-        if found:
-            self._runs[trial_id] = found[0].info.run_id
-            return
-        rid = self.client.create_run(exp_id, start_time=p["start_time"], run_name=p["name"], tags={
-            "mlflow.parentRunId": self.parent_id, TRIAL_TAG: trial_id, OUTCOME_TAG: "running"}).info.run_id
-        self._runs[trial_id] = rid  # before the params: a failure there retries the params, not the run
+        """The trial's child run (found again after a driver restart or a replayed write), then its
+        params: logged every time this runs, as logging a param again with its value is harmless and a
+        failure between the two must not leave a run without params."""
+        if trial_id not in self._runs:
+            exp_id = self._experiment_id()
+            found = self.client.search_runs(
+                [exp_id], f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'",
+                max_results=1)
+            if found:
+                self._runs[trial_id] = found[0].info.run_id
+            else:
+                self._runs[trial_id] = self.client.create_run(
+                    exp_id, start_time=p["start_time"], run_name=p["name"],
+                    tags={"mlflow.parentRunId": self.parent_id, TRIAL_TAG: trial_id, OUTCOME_TAG: "running"},
+                ).info.run_id
+        rid = self._runs[trial_id]
         cfg = trial_config(self.space, p["config"], self.extra)
         params = [Param(k, json.dumps(v) if isinstance(v, list) else str(v))
                   for k, v in flatten(cfg.to_dict()).items()]
@@ -441,9 +445,18 @@ class _Dropped(Exception):
 
 
 def _permanent(e: Exception) -> bool:
+    """Whether retrying ``e`` cannot help: MLflow rejected the write itself, or our own code failed.
+    The store being away (MLflow's connection errors, sockets, HTTP and database drivers) is not."""
     if isinstance(e, _Dropped):
         return True
-    return isinstance(e, MlflowException) and e.error_code in PERMANENT_CODES
+    if isinstance(e, MlflowException):
+        return e.error_code in PERMANENT_CODES
+    if isinstance(e, OSError):  # ConnectionError, TimeoutError, a full disk on the store's side
+        return False
+    return type(e).__module__.split(".")[0] not in _TRANSPORT_MODULES
+
+
+_TRANSPORT_MODULES = {"requests", "urllib3", "http", "sqlalchemy", "sqlite3", "botocore", "boto3", "google", "azure"}
 
 
 def _short(e: Exception) -> str:
