@@ -55,7 +55,7 @@ def _space(tmp: Path, name: str, params: dict[str, Any], n: int, conc: int, **ex
 
 
 def _search(tmp: Path, space: Path, data: Path, *extra: str) -> float:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "RAY_AUTH_MODE": "disabled"}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "tuning.search", "--space", str(space), "--data", str(data),
                            *extra], cwd=tmp, env=env, capture_output=True, text=True)
@@ -166,7 +166,9 @@ def stage1_cache(data: Path, size: int, frames: int, reps: int) -> dict[str, Any
 
 
 def _ray(*args: str) -> None:
-    subprocess.run([str(Path(sys.executable).parent / "ray"), *args], check=True, capture_output=True)
+    # Ray 2.60 nodes started by hand must agree on token auth; these local ones use none
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    subprocess.run([str(Path(sys.executable).parent / "ray"), *args], check=True, capture_output=True, env=env)
 
 
 def two_nodes(tmp: Path, data: Path, trials: int) -> dict[str, Any]:
@@ -175,14 +177,16 @@ def two_nodes(tmp: Path, data: Path, trials: int) -> dict[str, Any]:
     port = "6391"
     rates = {}
     try:
-        _ray("start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard", "false",
-             "--node-ip-address", "127.0.0.1")
+        from ray.util import get_node_ip_address
+
+        head = f"{get_node_ip_address()}:{port}"
+        _ray("start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard", "false")
         for nodes in (1, 2):
             if nodes == 2:
-                _ray("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--node-ip-address", "127.0.0.1")
+                _ray("start", "--address", head, "--num-cpus", "1")
             work = tmp / f"nodes{nodes}"
             work.mkdir()
-            wall = _search(work, space, data, "--address", f"127.0.0.1:{port}", "--no-stage-store",
+            wall = _search(work, space, data, "--address", head, "--no-stage-store",
                            "--storage", f"file://{work / 'ray_results'}")
             rates[nodes] = trials / wall * 3600
     finally:

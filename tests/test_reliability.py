@@ -221,6 +221,21 @@ def test_failed_trial_is_failed_in_mlflow_with_its_reason(tmp_path, space):
             "metrics.json"} <= artifact_paths(client, runs["good"].info.run_id)
 
 
+def test_early_stopped_trial_is_killed_with_its_curves(tmp_path, space):
+    cb, parent = new_callback(f"sqlite:///{tmp_path / 'm.db'}", space)
+    t = FakeTrial("t", tmp_path)
+    cb.on_trial_start(0, [], t)
+    run_trial_events(cb, t, range(1, 5))
+    with open(Path(t.local_path) / "result.json", "w") as f:  # what Ray's JSON logger wrote on the driver
+        f.writelines(json.dumps(epoch_result(g)) + "\n" for g in range(1, 5))
+    cb.on_trial_complete(0, [], t)  # ASHA stopped it at epoch 4
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    run = children(client, parent)["t"]
+    assert run.info.status == "KILLED" and run.data.tags["egosearch.outcome"] == "early_stopped"
+    assert run.data.tags["stopped_at_epoch"] == "4"
+    assert artifact_paths(client, run.info.run_id) == {"plots/training_curves.png"}
+
+
 # --------------------------------------------------------------------- MLflow server goes away
 def test_mlflow_server_killed_mid_search_nothing_lost(tmp_path, space, server, monkeypatch, capsys):
     """Buffer and retry: the server is SIGKILLed between trial results, the driver is restarted from
@@ -519,7 +534,7 @@ def _ray_epochs(exp_dir: Path) -> dict[str, list[int]]:
     for f in exp_dir.glob("*/result.json"):
         rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         if rows:
-            out[rows[0]["trial_id"]] = sorted(r["global_epoch"] for r in rows if not r.get("final"))
+            out[rows[0]["trial_id"]] = sorted(r["global_epoch"] for r in rows)  # the last comes with "final"
     return out
 
 
