@@ -203,7 +203,8 @@ class _Run:
         cached = cfg.train.stage1_views > 0 and set(active) <= CACHEABLE
         if cached:  # nothing before the ConvLSTM trains: encode each clip view once
             train_cache = FeatureCache(model, self.train_ds, cfg.train.stage1_views, device, progress=self.progress)
-            val_cache = FeatureCache(model, self.val_loader.dataset, 0, device, progress=self.progress)
+            val_cache = (FeatureCache(model, self.val_loader.dataset, 0, device, progress=self.progress)
+                         if self.bundle.val else None)
         for epoch in range(done + 1, stage.epochs + 1):
             g = offset + epoch
             lr = opt.param_groups[0]["lr"]
