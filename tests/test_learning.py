@@ -61,6 +61,7 @@ OVERRIDES = {
     "train.stage3.batch_size": 8,
 }
 EPOCHS = {"1": 1, "2": 10, "3": 2}
+METRIC_KEYS = ("classes", "num_train_clips", "num_val_clips", "num_test_clips", "val_top1", "test_top1")
 
 
 @pytest.mark.timeout(600)
@@ -83,8 +84,7 @@ def test_three_stage_feedback_run_learns_from_random_weights(tmp_path: Path) -> 
         assert (out / name).is_file(), name
 
     saved = json.loads((out / "metrics.json").read_text())
-    for key in ("classes", "num_train_clips", "num_val_clips", "num_test_clips", "val_top1", "test_top1",
-                "stages", "history"):
+    for key in (*METRIC_KEYS, "stages", "history"):
         assert key in saved, key
     assert saved["val_top1"] == metrics["val_top1"] and saved["test_top1"] == metrics["test_top1"]
     assert len(saved["classes"]) == CLASSES
