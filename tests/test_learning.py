@@ -1,9 +1,10 @@
 """A whole three-stage ``feedback`` run from random weights learns the synthetic task (DESIGN §8).
 
-The setting is the cheapest found that learns reliably on one CPU core (about 70 s CPU time):
+The setting is the cheapest found that learns reliably: about 90 s on one CPU core (measured
+85-100 s CPU with the other core busy; about 10 s of it is writing checkpoints):
 
-- data: 8 classes x 6 clips x 4 users of 64x64 frames (square, so that no corner crop of the
-  multi-scale augmentation loses the object), 6 frames per clip; split 108 train / 30 val / 48 test
+- data: 8 classes x 6 clips x 4 users of 64x64 frames (square: the multi-scale corner crops of
+  80x64 frames more often cut the object off), 6 frames per clip; split 108 train / 30 val / 48 test
   (user S2) clips. Validation needs ~30 clips: with 16 a chance-level model reaches 2x chance with
   p = 0.13 and the per-stage "best epoch" is picked by noise;
 - model: 32 px input (layer-4 maps are 1x1), 2 frames, ConvLSTM hidden 64, no dropout. At 64 px
@@ -12,9 +13,10 @@ The setting is the cheapest found that learns reliably on one CPU core (about 70
   lr 1e-3 (it trains layer 4: that is where the learning happens), decayed 10x after epoch 7,
   stage 3 two epochs at the paper's lr 1e-4; batch 8 everywhere.
 
-What the model can learn here is mostly the object (colour and shape): motion-only pairs such as
-shake_cup / stir_cup stay confused, so top-1 tops out near 0.5 (two classes per object). Seen on
-seeds 0/1/2 and data seeds 1/2: validation 0.33-0.63, test 0.23-0.40 (chance 0.125).
+In this budget the model learns mostly the object (colour and shape); classes that share an object
+(shake_cup / stir_cup) stay largely confused, so top-1 stays near or below 0.5 (two classes per
+object). Seen on train.seed 0/1/2 and data seeds 1/2: validation 0.40-0.53, test 0.23-0.40
+(chance 0.125).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -115,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
     _positive("--num-samples", args.num_samples)
     _positive("--max-concurrent", args.max_concurrent)
     space = load_space(args.space)  # a bad space fails here, before anything starts
+    for flag, value in (("--experiment (or the space's name)", args.experiment or space.name),
+                        ("--model-name", args.model_name)):
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise SearchError(f"{flag} {value!r}: use letters, digits, '.', '_' and '-' (it names a folder, "
+                              "an MLflow experiment and a registered model)")
     seed = space.seed if args.seed is None else args.seed
     if args.data is None:
         print("no --data given: using the built-in synthetic data set (generated once, cached)")
