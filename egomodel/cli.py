@@ -13,10 +13,13 @@ from egomodel.model.backbone import WeightsError
 USER_ERRORS = (ConfigError, DataError, ResumeError, WeightsError, FileNotFoundError, ValueError)
 
 
-def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+def run_cli(
+    main: Callable[[list[str] | None], int], argv: list[str] | None = None, errors: tuple = USER_ERRORS
+) -> int:
+    """Run a command's ``main``; ``errors`` (bad input) print one line and exit 2, never a traceback."""
     try:
         return main(argv)
-    except USER_ERRORS as e:
+    except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

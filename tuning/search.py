@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from egomodel.cli import run_cli
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
@@ -220,15 +221,7 @@ USER_ERRORS = (SpaceError, SearchError, TrackingError, ConfigError, DataError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return run(args)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command with --resume to continue", file=sys.stderr)
-        return 130
+    return run_cli(lambda a: run(parser().parse_args(a)), argv, USER_ERRORS)
 
 
 if __name__ == "__main__":
