@@ -206,6 +206,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.image_size: {d.image_size} must be a multiple of 32 (>= 32)")
     if not 0.0 <= d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction: {d.val_fraction} is outside [0, 1)")
+    if t.seed < 0:
+        raise ConfigError(f"train.seed: {t.seed} must be >= 0")
     if t.stage1_views < 0:
         raise ConfigError(f"train.stage1_views: {t.stage1_views} must be >= 0")
     if d.num_workers < 0 or d.mmap_reach < 0:

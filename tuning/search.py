@@ -116,6 +116,8 @@ def pick_best(results: Any, space: SearchSpace) -> Any | None:
 def run(args: argparse.Namespace) -> int:
     _positive("--num-samples", args.num_samples)
     _positive("--max-concurrent", args.max_concurrent)
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise SearchError(f"--seed must be in [0, 2**32), got {args.seed}")
     space = load_space(args.space)  # a bad space fails here, before anything starts
     for flag, value in (("--experiment (or the space's name)", args.experiment or space.name),
                         ("--model-name", args.model_name)):
@@ -130,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = base_config(space, extra)
     variants = {cfg.model.variant, *(c for p in space.params if p.key == "model.variant" for c in p.choices)}
     bundle = load_bundle(cfg.data, seed, need_mmaps=bool(variants & {"ms", "feedback"}))
-    storage = args.storage or str(Path("ray_results").resolve())
+    storage = args.storage or "ray_results"
+    if "://" not in storage:  # Ray and pyarrow need absolute local paths
+        storage = str(Path(storage).expanduser().resolve())
     name = args.experiment or space.name
     tracking_uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
     client = check_reachable(tracking_uri)
