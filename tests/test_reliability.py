@@ -355,10 +355,11 @@ def _argv_strategy(values: dict[str, st.SearchStrategy]) -> st.SearchStrategy:
 
 
 def test_fuzzed_command_lines_run_or_fail_clearly(tmp_path, tiny_root, monkeypatch):
-    """>= 200 generated argument sets for ``python -m tuning.search``, in-process. Ray is not started
-    and no trial runs (``connect_ray``, ``Tuner.fit`` and the end of the search are stubbed); the
-    rest is real: space, data, MLflow store, searcher, scheduler, ``Tuner`` construction. Each one
-    returns 0, or exits 2 with a message that says what is wrong; nothing else escapes."""
+    """220 generated argument sets (derandomized: the same ones every run) and fixed edge cases for
+    ``python -m tuning.search``, in-process. Ray is not started and no trial runs (``connect_ray``,
+    ``Tuner.fit`` and ``finish`` are stubbed; the stub checks the model name MLflow will register);
+    the rest is real: space, data, MLflow store, searcher, scheduler, ``Tuner`` construction. Each
+    one returns 0, or exits 2 with a message saying what is wrong; nothing else escapes."""
     import ray.tune
     from mlflow.utils.validation import _validate_model_name
 
@@ -389,7 +390,13 @@ def test_fuzzed_command_lines_run_or_fail_clearly(tmp_path, tiny_root, monkeypat
     work = tmp_path / "work"
     work.mkdir()
 
-    @settings(max_examples=220, deadline=None, database=None,
+    edge_cases = [["--storage", "foo://bar"], ["--storage", "/dev/null/x"], ["--storage", "relative_dir"],
+                  ["--storage", "~/egosearch_fuzz_rr"], ["--experiment", "a/b"], ["--experiment", ".."],
+                  ["--model-name", "a:b"], ["--seed", "-1"], ["--seed", str(2**32)], ["--tracking-uri", "badscheme://x"],
+                  ["--tracking-uri", "relative_store"], ["--data", str(tmp_path / "afile")], ["--space", "../x"],
+                  ["--num-samples", "0"], ["--max-concurrent", "-1"], ["--resume"], []]
+
+    @settings(max_examples=220, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(_argv_strategy(_values(tmp_path, tiny_root, good_space)))
     def one(argv):
@@ -418,6 +425,8 @@ def test_fuzzed_command_lines_run_or_fail_clearly(tmp_path, tiny_root, monkeypat
             os.chdir(cwd)
             shutil.rmtree(here, ignore_errors=True)
 
+    for argv in edge_cases:  # always tried, whatever the generator draws
+        one.hypothesis.inner_test(argv)
     one()
     assert sum(outcomes.values()) >= 200
     assert outcomes["ran"] >= 5 and outcomes["refused"] >= 20 and outcomes["argparse"] >= 20, outcomes

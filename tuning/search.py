@@ -23,6 +23,7 @@ from tuning.space import SearchSpace, SpaceError, decode, load_space, resolve_gr
 from tuning.tracking import TrackingError, check_reachable, parent_run
 
 REPO = Path(__file__).resolve().parents[1]
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")  # pyarrow filesystems Ray can use
 
 
 class SearchError(RuntimeError):
@@ -79,7 +80,7 @@ def connect_ray(address: str | None, storage: str) -> None:
         _check_port(address)
     try:
         if address is None:
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [
+            ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [
                 str(REPO), os.environ.get("PYTHONPATH", "")]))}}, log_to_driver=True)
         else:
             ray.init(address=address)
@@ -135,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
     storage = args.storage or "ray_results"
     if "://" not in storage:  # Ray and pyarrow need absolute local paths
         storage = str(Path(storage).expanduser().resolve())
+    elif storage.split("://", 1)[0] not in STORAGE_SCHEMES:
+        raise SearchError(f"--storage {storage}: unknown scheme; give a path, s3://BUCKET/..., gs://BUCKET/... "
+                          "or another pyarrow filesystem URI")
     name = args.experiment or space.name
     tracking_uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
     client = check_reachable(tracking_uri)
@@ -146,12 +150,20 @@ def run(args: argparse.Namespace) -> int:
     from tuning.trainable import TrialSetup, run_trial, total_epochs
 
     path = storage.rstrip("/") + "/" + name
-    exists = tune.Tuner.can_restore(path)
+    try:
+        exists = tune.Tuner.can_restore(path)
+    except (OSError, ValueError) as e:  # pyarrow: a malformed URI, a bucket that cannot be reached
+        raise SearchError(f"--storage {storage}: cannot be read: {e}") from None
     if args.resume and not exists:
         raise SearchError(f"--resume: nothing to resume at {path} (no search named {name!r} there)")
     if not args.resume and exists:
         raise SearchError(f"a search already exists at {path}: add --resume to continue it, "
                           "or pass another --experiment name")
+    if "://" not in storage:
+        try:
+            Path(storage).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SearchError(f"--storage {storage}: cannot create the folder: {e.strerror or e}") from None
     connect_ray(args.address, storage)
     parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume)
     store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"
