@@ -3,6 +3,12 @@
 It only translates: Optuna's sample -> egomodel config, egomodel's per-epoch callback ->
 ``ray.tune.report`` with a checkpoint, ``ray.tune.get_checkpoint()`` -> ``resume=True``.
 MLflow is written by the driver (see :mod:`tuning.tracking`), never from here.
+
+Fault injection (a hook for tests, never set in normal use): with ``EGOSEARCH_FAULT_KILL_AT_EPOCH=N``
+in the environment of the Ray workers, a trial's worker process SIGKILLs itself right after the first
+optimiser step of global epoch N, i.e. mid-epoch, with weights changed since the last checkpoint. It
+fires once per trial: it first writes ``fault_killed`` into the trial folder, and a trial that finds
+that file (Ray's retry) runs through.
 """
 
 from __future__ import annotations
@@ -10,12 +16,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray import tune
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from egomodel import checkpoint as ck
 from egomodel.engine import EpochReport, train
@@ -25,6 +33,8 @@ from tuning.stage_store import StageStore
 
 FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "config.yaml", "plots")
 PLOTS = "plots"  # training curves, CAM overlays, feedback beta/gamma maps (egomodel.visualize)
+FAULT_KILL_ENV = "EGOSEARCH_FAULT_KILL_AT_EPOCH"  # tests only: see the module docstring
+FAULT_MARKER = "fault_killed"
 
 
 @dataclass(frozen=True)
@@ -72,9 +82,29 @@ def _plots(checkpoint: Path, out: Path, history: list | None) -> None:
         print(f"warning: could not draw the trial's plots: {type(e).__name__}: {e}")
 
 
+def _fault_arm(trial_dir: Path) -> Any:
+    """``arm(done)``, called after each finished global epoch (0 before the first): when the next epoch
+    is the one ``EGOSEARCH_FAULT_KILL_AT_EPOCH`` names, its first optimiser step kills this process."""
+    at = os.environ.get(FAULT_KILL_ENV, "")
+    marker = trial_dir / FAULT_MARKER
+    if not at or marker.exists():
+        return lambda done: None
+
+    def kill(*_: Any) -> None:
+        marker.write_text(f"pid {os.getpid()} killed in global epoch {at}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def arm(done: int) -> None:
+        if done + 1 == int(at):
+            register_optimizer_step_post_hook(kill)
+
+    return arm
+
+
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     cfg = trial_config(setup.space, config, {"data.root": setup.data_root, "train.seed": setup.seed})
-    work = Path(tune.get_context().get_trial_dir()) / "work"
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    work = trial_dir / "work"
     ckdir = work / "checkpoints"
     resume = False
     restored = tune.get_checkpoint()
@@ -83,6 +113,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         resume = (ckdir / ck.LAST).exists()
     n_total = total_epochs(cfg)
     held: list[dict[str, Any]] = []
+    fault = _fault_arm(trial_dir)
 
     def report(r: EpochReport) -> None:
         metrics = {**r.metrics, "stage": r.stage, "stage_epoch": r.epoch, "global_epoch": r.global_epoch,
@@ -101,9 +132,12 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        fault(r.global_epoch)
 
     store = StageStore(setup.store_uri) if setup.store_uri else None
     trial_id = tune.get_context().get_trial_id()
+    if not resume:
+        fault(0)
     final = train(cfg, work, callback=report, resume=resume, evaluate_test=False, progress=False,
                   store=store, owner=f"trial {trial_id}")
     last_stage = stage_plan(cfg.model.variant, cfg.train)[-1].number
