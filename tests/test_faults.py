@@ -4,15 +4,22 @@ set changed before ``--resume``. Nothing is lost, nothing is doubled, nothing ru
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import torch
 
 from egomodel import checkpoint as ck
+from egomodel.data.dataset import load_bundle
 from egomodel.engine import train
-from tests.test_reliability import own_ray_env, steps
+from tests.conftest import tiny_config
+from tests.test_reliability import _ray_epochs, own_ray_env, steps
 from tests.test_search import client_of, search_cmd, write_space
+from tuning.search import RECORD
 from tuning.space import load_space, trial_config
 from tuning.trainable import FAULT_KILL_ENV
 
@@ -63,3 +70,40 @@ def test_worker_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path, tiny_root
     weights = ck.load(client.download_artifacts(rid, "checkpoint/stage3_best.pt", str(tmp_path)))["model"]
     expected = ck.load(tmp_path / "reference" / "checkpoints" / ck.best_name(3))["model"]
     assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
+
+
+def test_resume_refused_when_the_data_changed(tmp_path, tiny_root):
+    """A search is killed while its first trial trains; a clip is added to the data; ``--resume`` is
+    refused before Ray starts, naming both fingerprints and the data root, and nothing runs."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    space = write_space(tmp_path, num_samples=2, max_concurrent=1, scheduler={"type": "fifo"})
+    proc = subprocess.Popen(search_cmd(space, root), cwd=tmp_path, env=own_ray_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exp_dir = tmp_path / "ray_results" / "test_space"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not any(_ray_epochs(exp_dir).values()):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _ray_epochs(exp_dir)
+    assert any(before.values()) and (exp_dir / RECORD).exists()  # killed mid-search: there is something to resume
+    client = client_of(tmp_path)
+    (parent,) = client.search_runs([client.get_experiment_by_name("test_space").experiment_id],
+                                   "tags.`egosearch.ray_path` != ''")
+    old = parent.data.tags["data_fingerprint"]
+
+    clips = root / "processed_frames2" / "S3" / "stir_cup"
+    shutil.copytree(clips / "3", clips / "4")  # one clip more
+    new = load_bundle(tiny_config(root).data, 0, need_mmaps=True).fingerprint
+    assert new != old
+    for record in (True, False):  # the search's own record; a search started before records: its MLflow tags
+        if not record:
+            (exp_dir / RECORD).unlink()
+        resumed = subprocess.run(search_cmd(space, root, "--resume"), cwd=tmp_path, env=own_ray_env(),
+                                 capture_output=True, text=True, timeout=300)
+        err = resumed.stderr
+        assert resumed.returncode == 2 and "--resume refused: the data set changed" in err, err[-3000:]
+        assert f"fingerprint {old}" in err and f"fingerprint {new}" in err and str(root) in err
+        assert "Traceback" not in err and "Started a local Ray instance" not in resumed.stdout + err
+        assert _ray_epochs(exp_dir) == before  # no trial ran

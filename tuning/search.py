@@ -8,6 +8,7 @@ mirrors everything into MLflow and registers the best trial's model as ``champio
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -20,10 +21,11 @@ from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
 from tuning.space import SearchSpace, SpaceError, decode, load_space, resolve_grace_period
-from tuning.tracking import TrackingError, check_reachable, parent_run
+from tuning.tracking import TrackingError, check_reachable, find_parent, parent_run
 
 REPO = Path(__file__).resolve().parents[1]
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")  # pyarrow filesystems Ray can use
+RECORD = "egosearch.json"  # in the search's Ray folder: the data it started on, checked by --resume
 
 
 class SearchError(RuntimeError):
@@ -105,6 +107,49 @@ def trial_resources(space: SearchSpace) -> dict[str, float]:
     return res
 
 
+def _fs(path: str) -> tuple[Any, str]:
+    from pyarrow import fs as pafs
+
+    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+
+
+def save_record(path: str, record: dict[str, str]) -> None:
+    fs, root = _fs(path)
+    try:
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root}/{RECORD}") as f:
+            f.write(json.dumps(record).encode())
+    except OSError as e:
+        raise SearchError(f"cannot write {root}/{RECORD}: {e}") from None
+
+
+def started_on(path: str, client: Any, name: str) -> dict[str, str | None] | None:
+    """The data a saved search started on: its record next to Ray's state, else (a search started
+    before records were written) its MLflow parent run's tags; None when neither says."""
+    fs, root = _fs(path)
+    try:
+        with fs.open_input_stream(f"{root}/{RECORD}") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        pass
+    run = find_parent(client, name, path)
+    if run is None or "data_fingerprint" not in run.data.tags:
+        return None
+    return {"data_fingerprint": run.data.tags["data_fingerprint"], "data_root": run.data.tags.get("data_root")}
+
+
+def check_same_data(path: str, started: dict[str, str | None] | None, data_root: str, fingerprint: str) -> None:
+    """``--resume`` on changed data would mix trials trained on two data sets: refused up front."""
+    if started is None or started.get("data_fingerprint") == fingerprint:
+        return
+    raise SearchError(
+        f"--resume refused: the data set changed since the search at {path} started. It started on "
+        f"{started.get('data_root') or '(root not recorded)'} with data fingerprint {started.get('data_fingerprint')}; "
+        f"the data at {data_root} now has fingerprint {fingerprint} (clips added, removed or resized). Restore "
+        "that data, or start a new search (another --experiment name)."
+    )
+
+
 def pick_best(results: Any, space: SearchSpace) -> Any | None:
     """Best finished trial by the space's metric; early-stopped and failed trials are not candidates."""
     done = [r for r in results if r.error is None and r.metrics and r.metrics.get("final")]
@@ -164,8 +209,10 @@ def run(args: argparse.Namespace) -> int:
             Path(storage).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise SearchError(f"--storage {storage}: cannot create the folder: {e.strerror or e}") from None
+    if args.resume:
+        check_same_data(path, started_on(path, client, name), data_root, bundle.fingerprint)
     connect_ray(args.address, storage)
-    parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume)
+    parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume, data_root)
     store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"
     setup = TrialSetup(space, data_root, seed, store_uri)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(space))
@@ -189,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
         )
+        save_record(path, {"data_root": data_root, "data_fingerprint": bundle.fingerprint})
     results = tuner.fit()
     return finish(results, space, client, parent_id, name, args, tracking_uri)
 

@@ -119,26 +119,31 @@ def check_reachable(uri: str) -> MlflowClient:
     return client
 
 
+def find_parent(client: MlflowClient, experiment: str, ray_path: str) -> Any | None:
+    """The newest parent run of the search saved at ``ray_path``, or None."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    found = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{ray_path}'", max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    return found[0] if found else None
+
+
 def parent_run(
-    client: MlflowClient, experiment: str, ray_path: str, space: SearchSpace, fingerprint: str, resume: bool
+    client: MlflowClient, experiment: str, ray_path: str, space: SearchSpace, fingerprint: str, resume: bool,
+    data_root: str = "",
 ) -> str:
-    """The search's parent run: found again on ``--resume``, created otherwise."""
+    """The search's parent run: found again on ``--resume``, created otherwise. (That the data did not
+    change since the search started is checked before, by :func:`tuning.search.check_same_data`.)"""
+    found = find_parent(client, experiment, ray_path) if resume else None
+    if found is not None:
+        client.update_run(found.info.run_id, status="RUNNING")
+        return found.info.run_id
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    found = client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{ray_path}'", max_results=1,
-                               order_by=["attributes.start_time DESC"])
-    if resume and found:
-        run = found[0]
-        old = run.data.tags.get("data_fingerprint")
-        if old != fingerprint:
-            raise TrackingError(
-                f"refusing to resume: the data set changed since the search started "
-                f"(fingerprint {old} -> {fingerprint}); start a new search instead"
-            )
-        client.update_run(run.info.run_id, status="RUNNING")
-        return run.info.run_id
     run = client.create_run(exp_id, run_name=f"search-{space.name}", tags={
         PARENT_TAG: ray_path, "git_revision": git_revision(), "data_fingerprint": fingerprint,
+        **({"data_root": data_root} if data_root else {}),
         "space": space.name, "mlflow.note.content": space.text.split("\n", 1)[0],
     })
     rid = run.info.run_id
