@@ -7,8 +7,9 @@ MLflow is written by the driver (see :mod:`tuning.tracking`), never from here.
 Fault injection (a hook for tests, never set in normal use): with ``EGOSEARCH_FAULT_KILL_AT_EPOCH=N``
 in the environment of the Ray workers, a trial's worker process SIGKILLs itself right after the first
 optimiser step of global epoch N, i.e. mid-epoch, with weights changed since the last checkpoint. It
-fires once per trial: it first writes ``fault_killed`` into the trial folder, and a trial that finds
-that file (Ray's retry) runs through.
+fires once per trial: it first writes ``fault_killed`` into the trial's local working folder
+(``tune.get_context().get_trial_dir()``, kept for the Ray session), and a trial that finds that file
+(Ray's retry) runs through.
 """
 
 from __future__ import annotations
