@@ -20,7 +20,7 @@ from ray import tune
 from egomodel import checkpoint as ck
 from egomodel.engine import EpochReport, train
 from egomodel.stages import stage_plan
-from tuning.space import SearchSpace, trial_config
+from tuning.space import SearchSpace, runtime_overrides, trial_config
 from tuning.stage_store import StageStore
 
 FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "config.yaml", "plots")
@@ -73,7 +73,7 @@ def _plots(checkpoint: Path, out: Path, history: list | None) -> None:
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    cfg = trial_config(setup.space, config, {"data.root": setup.data_root, "train.seed": setup.seed})
+    cfg = trial_config(setup.space, config, runtime_overrides(setup.space, setup.data_root, setup.seed))
     work = Path(tune.get_context().get_trial_dir()) / "work"
     ckdir = work / "checkpoints"
     resume = False
@@ -104,7 +104,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
     store = StageStore(setup.store_uri) if setup.store_uri else None
     trial_id = tune.get_context().get_trial_id()
-    final = train(cfg, work, callback=report, resume=resume, evaluate_test=False, progress=False,
+    final = train(cfg, work, callback=report, resume=resume, evaluate_test=setup.space.evaluate_test, progress=False,
                   store=store, owner=f"trial {trial_id}")
     last_stage = stage_plan(cfg.model.variant, cfg.train)[-1].number
     _plots(ckdir / ck.best_name(last_stage), work / PLOTS, final.get("history"))
@@ -116,7 +116,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         # the search's metric is the best checkpoint's validation score (the model a user would take)
         tune.report(
             {**last, "epoch_val_top1": last.get("val_top1"), "val_top1": final["val_top1"], "final": True,
-             "mean_data_wait_fraction": final["data_wait_fraction"]},
+             "mean_data_wait_fraction": final["data_wait_fraction"],
+             **({"test_top1": final["test_top1"]} if final.get("test_top1") is not None else {})},
             checkpoint=tune.Checkpoint.from_directory(str(folder)),
         )
     finally:
