@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from egomodel.config import Config, from_dict
-from egomodel.model.network import EgoRNN
+from egomodel.model import StagedModel
+from egomodel.model import build_model as build_network
 
 FORMAT = 1
 LAST = "last.pt"
@@ -42,16 +43,16 @@ def load(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def build_model(ckpt: dict[str, Any]) -> tuple[EgoRNN, Config, list[str]]:
+def build_model(ckpt: dict[str, Any]) -> tuple[StagedModel, Config, list[str]]:
     """Rebuild the network a checkpoint was saved from and load its weights (no weight download)."""
     cfg = from_dict(ckpt["config"], {"model.pretrained": "none"})
     classes = list(ckpt["classes"])
-    model = EgoRNN(cfg.model, len(classes), cfg.data.image_size)
+    model = build_network(cfg, len(classes))
     model.load_state_dict(ckpt["model"])
     return model, cfg, classes
 
 
-def load_model(path: str | Path) -> tuple[EgoRNN, Config, list[str]]:
+def load_model(path: str | Path) -> tuple[StagedModel, Config, list[str]]:
     model, cfg, classes = build_model(load(path))
     model.eval()
     return model, cfg, classes

@@ -15,13 +15,19 @@ from typing import Any
 
 import yaml
 
-VARIANTS = ("convlstm", "attention", "ms", "feedback")
+RGB_VARIANTS = ("convlstm", "attention", "ms", "feedback")  # Ego-RNN's RGB stream and the paper's rows
+VARIANTS = RGB_VARIANTS + ("flow", "two_stream")  # + Ego-RNN's temporal-warp flow stream and the joint model
 MS_TASKS = ("classification", "regression_mse", "regression_l1")
 INSERTION_POINTS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 BACKBONE_BLOCKS = ("conv1", "layer1", "layer2", "layer3", "layer4", "fc")
-BLOCKS = BACKBONE_BLOCKS + ("convlstm", "classifier", "ms_head", "feedback")
+BLOCKS = BACKBONE_BLOCKS + ("convlstm", "classifier", "ms_head", "feedback", "flow_layer4")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULERS = ("multistep", "exponential")  # exponential: lr *= gamma every epoch (StepLR(1, gamma))
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+STAGE_NAMES = ("stage1", "stage2", "stage3", "flow", "two_stream")  # the StageConfig fields of TrainConfig
 
 
 class ConfigError(ValueError):
@@ -38,6 +44,8 @@ class DataConfig:
     image_size: int = 224
     num_workers: int = 2
     mmap_reach: int = 5  # how far to look for the nearest existing motion map
+    flow_stack: int = 5  # flow variants: consecutive warp-flow x/y frames per input (2 * flow_stack channels)
+    flow_segments: int = 5  # flow variants: stacks averaged at evaluation, evenly over the clip
 
 
 @dataclass
@@ -51,6 +59,9 @@ class ModelConfig:
     tau: float = 0.2
     insertion: str = "conv1"
     feedback_channels: int = 64
+    fusion_dropout: float = 0.5  # two_stream: dropout before the joint linear layer
+    flow_checkpoint: str = ""  # two_stream: a trained flow model ("" = from the stage store in a search)
+    rgb_checkpoint: str = ""  # two_stream: a trained attention model ("" = from the stage store)
 
 
 @dataclass
@@ -61,10 +72,16 @@ class StageConfig:
     batch_size: int
     trainable: list[str]
     gamma: float = 0.1
+    optimizer: str = "adam"  # adam (eps train.eps) or sgd (with momentum)
+    weight_decay: float = 4e-5
+    momentum: float = 0.9  # sgd only
+    scheduler: str = "multistep"  # multistep (milestones x gamma) or exponential (x gamma every epoch)
+    slow_blocks: list[str] = field(default_factory=list)  # trainable blocks that use slow_lr instead of lr
+    slow_lr: float = 1e-4
 
 
-def _stage(*args: Any) -> Any:
-    return field(default_factory=lambda: StageConfig(*args))
+def _stage(*args: Any, **kwargs: Any) -> Any:
+    return field(default_factory=lambda: StageConfig(*args, **kwargs))
 
 
 @dataclass
@@ -76,7 +93,6 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA and AVX-512-BF16/AMX CPUs, else fp32
     channels_last: bool = True  # NHWC convolutions: 2x faster stage-2 steps on the 2-core CPU here
-    weight_decay: float = 4e-5
     eps: float = 1e-4
     eval_batch_size: int = 8
     stage1_views: int = 0  # stage-1 feature cache: augmentation draws cached per clip (0: off, fresh draws)
@@ -90,6 +106,16 @@ class TrainConfig:
         [50, 100, 150],
         4,
         ["convlstm", "classifier", "fc", "feedback", "conv1", "layer4"],
+    )
+    # Ego-RNN's flow stream: SGD, 750 epochs, lr x0.5 at 150/300/500
+    flow: StageConfig = _stage(
+        750, 1e-2, [150, 300, 500], 32, ["conv1", "layer1", "layer2", "layer3", "layer4", "classifier"],
+        gamma=0.5, optimizer="sgd", weight_decay=5e-4,
+    )
+    # Ego-RNN's two-stream model: joint classifier, RGB ConvLSTM/layer4/fc, flow layer4 at 1e-4
+    two_stream: StageConfig = _stage(
+        250, 1e-2, [], 32, ["classifier", "convlstm", "layer4", "fc", "flow_layer4"],
+        gamma=0.99, optimizer="sgd", weight_decay=5e-4, scheduler="exponential", slow_blocks=["flow_layer4"],
     )
 
 
@@ -196,8 +222,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.tau: {m.tau} is outside [0, 1]")
     if m.alpha < 0:
         raise ConfigError(f"model.alpha: {m.alpha} must be >= 0")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout: {m.dropout} is outside [0, 1)")
+    for key, v in (("model.dropout", m.dropout), ("model.fusion_dropout", m.fusion_dropout)):
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"{key}: {v} is outside [0, 1)")
+    for key, v in (("data.flow_stack", d.flow_stack), ("data.flow_segments", d.flow_segments)):
+        if v < 1:
+            raise ConfigError(f"{key}: {v} must be >= 1")
     for key, v in (("model.hidden", m.hidden), ("model.feedback_channels", m.feedback_channels),
                    ("data.frames", d.frames), ("train.eval_batch_size", t.eval_batch_size)):
         if v < 1:
@@ -218,12 +248,19 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.val_users: {d.val_users} overlaps data.test_users {d.test_users}")
     if not t.epochs_scale > 0:
         raise ConfigError(f"train.epochs_scale: {t.epochs_scale} must be > 0")
-    for n in (1, 2, 3):
-        s: StageConfig = getattr(t, f"stage{n}")
-        key = f"train.stage{n}"
+    for name in STAGE_NAMES:
+        s: StageConfig = getattr(t, name)
+        key = f"train.{name}"
         for b in s.trainable:
             if b not in BLOCKS:
                 raise ConfigError(f"{key}.trainable: unknown block {b!r} (known: {', '.join(BLOCKS)})")
+        for b in s.slow_blocks:
+            if b not in s.trainable:
+                raise ConfigError(f"{key}.slow_blocks: {b!r} is not in {key}.trainable")
+        _check_choice(f"{key}.optimizer", s.optimizer, OPTIMIZERS)
+        _check_choice(f"{key}.scheduler", s.scheduler, SCHEDULERS)
+        if s.weight_decay < 0 or s.momentum < 0 or not s.slow_lr > 0:
+            raise ConfigError(f"{key}: weight_decay and momentum must be >= 0, slow_lr > 0")
         if s.epochs < 1 or s.batch_size < 1:
             raise ConfigError(f"{key}: epochs and batch_size must be >= 1")
         if not s.lr > 0 or not 0 < s.gamma <= 1:

@@ -25,18 +25,18 @@ import torch
 from tqdm import tqdm
 
 from egomodel import checkpoint as ck
-from egomodel.config import Config, dump, flatten
+from egomodel.config import Config, ConfigError, dump, flatten, from_dict
 from egomodel.data.dataset import ClipDataset, DataBundle, load_bundle, make_loader
 from egomodel.feature_cache import FeatureCache, evaluate_cached, train_cached_epoch
+from egomodel.model import EgoRNN, StagedModel, TwoStream, build_model
 from egomodel.model.backbone import calibrate_batchnorm
-from egomodel.model.network import EgoRNN
 from egomodel.prefix import StageStore, shared_state, stage_key
 from egomodel.report import confusion, plot_confusion, write_per_class
 from egomodel.stages import Stage, apply_stage, stage_plan
 from egomodel.steps import evaluate, pick_device, train_epoch
 
 # keys that may differ between a run and its resume without changing the result
-RESUME_FREE_KEYS = {"data.num_workers", "data.root", "train.device"}
+RESUME_FREE_KEYS = {"data.num_workers", "data.root", "train.device", "model.flow_checkpoint", "model.rgb_checkpoint"}
 # blocks before (or in) the MS head: if none trains, the MS loss cannot change anything
 MS_UPSTREAM = {"conv1", "layer1", "layer2", "layer3", "layer4", "ms_head", "feedback"}
 CACHEABLE = {"convlstm", "classifier"}  # stages training only these can use the stage-1 feature cache
@@ -67,9 +67,18 @@ def uses_mmaps(cfg: Config) -> bool:
     return cfg.model.variant in ("ms", "feedback")
 
 
+def uses_flow(cfg: Config) -> bool:
+    return cfg.model.variant in ("flow", "two_stream")
+
+
+def make_dataset(cfg: Config, clips: list, classes: list[str]) -> ClipDataset:
+    """The inputs the variant reads: frames, motion maps, flow stacks."""
+    return ClipDataset(clips, classes, cfg.data, cfg.train.seed, with_mmaps=uses_mmaps(cfg),
+                       with_flow=uses_flow(cfg), with_frames=cfg.model.variant != "flow")
+
+
 def eval_loader(cfg: Config, bundle: DataBundle, clips: list) -> torch.utils.data.DataLoader:
-    ds = ClipDataset(clips, bundle.classes, cfg.data, cfg.train.seed, with_mmaps=uses_mmaps(cfg))
-    return make_loader(ds, cfg.train.eval_batch_size, cfg.data.num_workers)
+    return make_loader(make_dataset(cfg, clips, bundle.classes), cfg.train.eval_batch_size, cfg.data.num_workers)
 
 
 class ResumeError(RuntimeError):
@@ -101,13 +110,14 @@ def train(
     """Run every stage of ``cfg.model.variant``; see the module docstring for the contract."""
     out = Path(out_dir)
     ckdir = out / "checkpoints"
-    bundle = load_bundle(cfg.data, cfg.train.seed, need_mmaps=uses_mmaps(cfg))
+    bundle = load_bundle(cfg.data, cfg.train.seed, need_mmaps=uses_mmaps(cfg), need_flow=uses_flow(cfg))
     state = None
     if resume:
         if not (ckdir / ck.LAST).is_file():
             raise ResumeError(f"nothing to resume: {ckdir / ck.LAST} does not exist")
         state = ck.load(ckdir / ck.LAST)
         _check_resume(state, cfg, bundle, ckdir / ck.LAST)
+    streams = stream_sources(cfg, store) if cfg.model.variant == "two_stream" and state is None else {}
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
 
@@ -119,17 +129,19 @@ def train(
     plan = stage_plan(cfg.model.variant, cfg.train)
     offsets = np.cumsum([0] + [s.epochs for s in plan]).tolist()
     seed_everything(cfg.train.seed)  # weights initialise the same way for the same seed
-    model = EgoRNN(cfg.model, len(bundle.classes), cfg.data.image_size).to(device)
+    model = build_model(cfg, len(bundle.classes)).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_ds = ClipDataset(bundle.train, bundle.classes, cfg.data, cfg.train.seed, with_mmaps=uses_mmaps(cfg))
+    train_ds = make_dataset(cfg, bundle.train, bundle.classes)
     val_loader = eval_loader(cfg, bundle, bundle.val)
 
     run = _Run(cfg, out, bundle, model, device, train_ds, val_loader, callback, progress)
     start_i, start_epoch = 0, 0
     if state is None:
-        if cfg.model.pretrained == "none":
+        if isinstance(model, EgoRNN) and cfg.model.pretrained == "none":
             _calibrate(model, train_ds, device)
+        if isinstance(model, TwoStream):
+            _load_streams(model, cfg, out, bundle, streams, store, owner, progress)
     else:
         run.history, run.best = list(state["history"]), dict(state["best"])
         run.from_store = list(state.get("from_store", []))
@@ -174,7 +186,7 @@ class _Run:
     cfg: Config
     out: Path
     bundle: DataBundle
-    model: EgoRNN
+    model: StagedModel
     device: torch.device
     train_ds: ClipDataset
     val_loader: torch.utils.data.DataLoader
@@ -193,9 +205,8 @@ class _Run:
         cfg, model, device = self.cfg, self.model, self.device
         active = apply_stage(model, stage.trainable)
         ms_on = bool(set(active) & MS_UPSTREAM)  # the MS loss matters only if something before it trains
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=stage.lr, weight_decay=cfg.train.weight_decay, eps=cfg.train.eps)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(stage.milestones), stage.gamma)
+        opt = stage.optimizer_for(model, cfg.train.eps)
+        sched = stage.scheduler_for(opt)
         if state is not None:
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -290,7 +301,7 @@ def _calibrate(model: EgoRNN, ds: ClipDataset, device: torch.device, clips: int 
 
 
 def finish(
-    cfg: Config, out: Path, bundle: DataBundle, model: EgoRNN, plan: list[Stage],
+    cfg: Config, out: Path, bundle: DataBundle, model: StagedModel, plan: list[Stage],
     best: dict[str, dict[str, float]], history: list[dict[str, Any]], device: torch.device,
     evaluate_test: bool, from_store: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
@@ -320,3 +331,51 @@ def finish(
         write_per_class(cm, bundle.classes, out / f"per_class_{split}.csv")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+STREAMS = {"flow": "model.flow_checkpoint", "attention": "model.rgb_checkpoint"}  # two_stream's inputs
+
+
+def stream_sources(cfg: Config, store: StageStore | None) -> dict[str, Path | None]:
+    """Each stream's checkpoint path, or None where a search's stage store provides it. Checked up front."""
+    out: dict[str, Path | None] = {}
+    for variant, key in STREAMS.items():
+        given = getattr(cfg.model, key.split(".")[1])
+        if given:
+            if not Path(given).is_file():
+                raise ConfigError(f"{key}: {given} does not exist (a trained {variant} model's checkpoint)")
+            out[variant] = Path(given)
+        elif store is None:
+            raise ConfigError(
+                f"{key} is not set: model.variant=two_stream needs trained streams, a {variant} checkpoint "
+                f"in {key} (e.g. runs/{variant}/checkpoints/stage{len(stage_plan(variant, cfg.train))}_best.pt), "
+                "or a search's stage store to take them from"
+            )
+        else:
+            out[variant] = None
+    return out
+
+
+def _load_streams(model: TwoStream, cfg: Config, out: Path, bundle: DataBundle, sources: dict[str, Path | None],
+                  store: StageStore | None, owner: str, progress: bool) -> None:
+    """Load the trained flow and attention streams, training them first (shared through the store)."""
+    states = {}
+    for variant, path in sources.items():
+        if path is None:  # the stream as its own run would train it, with this config's shared settings
+            sub_cfg = from_dict(cfg.to_dict(), {"model.variant": variant})
+            sub = out / "streams" / variant
+            tqdm.write(f"two_stream: {variant} stream from the stage store (trained here if missing)")
+            sub_resume = (sub / "checkpoints" / ck.LAST).is_file()
+            path = Path(train(sub_cfg, sub, resume=sub_resume, evaluate_test=False, progress=progress,
+                              store=store, owner=owner)["best_checkpoint"])
+        ckpt = ck.load(path)
+        if ckpt["config"]["model"]["variant"] != variant or list(ckpt["classes"]) != bundle.classes:
+            raise ConfigError(
+                f"{STREAMS[variant]}: {path} holds a {ckpt['config']['model']['variant']} model over "
+                f"{len(ckpt['classes'])} classes; two_stream needs a {variant} model over these {len(bundle.classes)}"
+            )
+        states[variant] = ckpt["model"]
+    try:
+        model.load_streams(states["attention"], states["flow"])
+    except RuntimeError as e:
+        raise ConfigError(f"the stream checkpoints do not fit this two_stream config: {e}") from None

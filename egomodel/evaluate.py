@@ -13,8 +13,8 @@ from egomodel.checkpoint import load_model
 from egomodel.cli import run_cli
 from egomodel.config import from_dict
 from egomodel.data import layout
-from egomodel.data.dataset import ClipDataset, make_loader, resolve_root
-from egomodel.engine import uses_mmaps
+from egomodel.data.dataset import make_loader, resolve_root
+from egomodel.engine import make_dataset, uses_flow, uses_mmaps
 from egomodel.report import confusion, plot_confusion, write_per_class
 from egomodel.steps import evaluate, pick_device
 
@@ -31,12 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = from_dict(cfg.to_dict(), {"data.root": args.data, "train.device": args.device})
     users = args.users or cfg.data.test_users
     root = resolve_root(cfg.data.root)
-    clips = layout.scan(root, users, need_mmaps=uses_mmaps(cfg), min_frames=cfg.data.frames)
+    clips = layout.scan(root, users, need_mmaps=uses_mmaps(cfg), need_flow=uses_flow(cfg), min_frames=cfg.data.frames)
     unknown = sorted({c.label_name for c in clips} - set(classes))
     if unknown:
         raise ValueError(f"classes {unknown} in {root} are not among the checkpoint's {len(classes)} classes")
     device = pick_device(cfg.train.device)
-    ds = ClipDataset(clips, classes, cfg.data, cfg.train.seed, with_mmaps=uses_mmaps(cfg))
+    ds = make_dataset(cfg, clips, classes)
     res = evaluate(model.to(device), make_loader(ds, cfg.train.eval_batch_size, cfg.data.num_workers), cfg, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -45,10 +45,22 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
+# keys a variant never reads: left out of its stage keys, so changing them shares its stages
+_TWO_STREAM_KEYS = ("train.two_stream.", "model.flow_checkpoint", "model.rgb_checkpoint", "model.fusion_dropout")
+UNREAD_KEYS = {
+    **{v: _TWO_STREAM_KEYS + ("train.flow.", "data.flow_stack", "data.flow_segments")
+       for v in ("convlstm", "attention", "ms", "feedback")},
+    "flow": _TWO_STREAM_KEYS + ("train.stage1.", "train.stage2.", "train.stage3.", "model.alpha", "model.tau",
+                                "model.ms_task", "model.insertion", "model.feedback_channels", "model.hidden",
+                                "data.frames", "data.mmap_reach", "train.stage1_views"),
+    "two_stream": (),
+}
+
+
 def _variant_family(variant: str, stage: int) -> str:
     """Variants that compute the same thing up to this stage share it."""
-    if variant == "convlstm":
-        return "convlstm"
+    if variant not in ("attention", "ms", "feedback"):
+        return variant
     if stage == 1:
         return "attention"  # attention, ms and feedback train the same blocks the same way in stage 1
     if stage == 2 and variant in ("ms", "feedback"):
@@ -59,7 +71,8 @@ def _variant_family(variant: str, stage: int) -> str:
 def stage_key(cfg: Config, fingerprint: str, stage: int) -> str:
     flat = flatten(cfg.to_dict())
     later = LATER_KEYS[stage]
-    relevant = {k: v for k, v in flat.items() if k not in RUNTIME_KEYS and not k.startswith(later)}
+    skip = later + UNREAD_KEYS[cfg.model.variant]
+    relevant = {k: v for k, v in flat.items() if k not in RUNTIME_KEYS and not k.startswith(skip)}
     relevant["model.variant"] = _variant_family(cfg.model.variant, stage)
     blob = json.dumps({"stage": stage, "config": relevant, "data": fingerprint, "code": code_version()},
                       sort_keys=True)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from egomodel.config import Config
 from egomodel.losses import total_loss
-from egomodel.model.network import EgoRNN
+from egomodel.model.staged import StagedModel
 
 
 def pick_device(name: str) -> torch.device:
@@ -44,8 +44,13 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def inputs(model: StagedModel, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The batch entries the model's forward takes (frames, flow or both)."""
+    return [batch[k] for k in model.input_keys]
+
+
 def train_epoch(
-    model: EgoRNN,
+    model: StagedModel,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     cfg: Config,
@@ -72,7 +77,7 @@ def train_epoch(
             break
         t1 = time.perf_counter()
         with autocast(device, cfg.train.precision):
-            out = model(batch["frames"])
+            out = model(*inputs(model, batch))
         mm = batch.get("mmaps") if ms_on else None
         loss, _ = total_loss(out.logits, batch["label"], out.ms, mm, m.ms_task, m.alpha, m.tau)
         if not torch.isfinite(loss):
@@ -109,14 +114,16 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: EgoRNN, loader: DataLoader, cfg: Config, device: torch.device, ms_on: bool = True) -> EvalResult:
+def evaluate(
+    model: StagedModel, loader: DataLoader, cfg: Config, device: torch.device, ms_on: bool = True
+) -> EvalResult:
     model.eval()
     m = cfg.model
     losses, labels, probs = [], [], []
     for batch in loader:
         batch = _to(batch, device)
         with autocast(device, cfg.train.precision):
-            out = model(batch["frames"])
+            out = model(*inputs(model, batch))
         mm = batch.get("mmaps") if ms_on else None
         loss, _ = total_loss(out.logits, batch["label"], out.ms, mm, m.ms_task, m.alpha, m.tau)
         losses.append(float(loss) * batch["label"].numel())

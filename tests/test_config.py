@@ -10,7 +10,13 @@ def test_defaults_follow_the_paper():
     assert (t.stage2.epochs, t.stage2.lr, t.stage2.milestones, t.stage2.batch_size) == (150, 1e-4, [25, 75], 32)
     assert (t.stage3.epochs, t.stage3.lr, t.stage3.milestones, t.stage3.batch_size) == (200, 1e-4, [50, 100, 150], 4)
     assert "ms_head" not in t.stage3.trainable and {"conv1", "layer4", "feedback"} <= set(t.stage3.trainable)
-    assert (t.weight_decay, t.eps) == (4e-5, 1e-4)
+    assert (t.stage1.weight_decay, t.stage3.optimizer, t.eps) == (4e-5, "adam", 1e-4)
+    # Ego-RNN's flow stream and two-stream model: SGD, momentum 0.9, wd 5e-4
+    assert (t.flow.epochs, t.flow.lr, t.flow.milestones, t.flow.gamma, t.flow.optimizer) == (
+        750, 1e-2, [150, 300, 500], 0.5, "sgd")
+    assert (t.two_stream.epochs, t.two_stream.scheduler, t.two_stream.gamma, t.two_stream.slow_blocks) == (
+        250, "exponential", 0.99, ["flow_layer4"])
+    assert t.flow.weight_decay == t.two_stream.weight_decay == 5e-4
     assert (cfg.model.tau, cfg.model.alpha, cfg.model.insertion, cfg.data.frames) == (0.2, 1.0, "conv1", 7)
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from egomodel.config import VARIANTS, ModelConfig, TrainConfig
+from egomodel.config import RGB_VARIANTS as VARIANTS
+from egomodel.config import ModelConfig, TrainConfig
 from egomodel.losses import total_loss
 from egomodel.model import EgoRNN
 from egomodel.model.backbone import WeightsError, build_resnet34

@@ -2,7 +2,8 @@
 
 ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(x)`` takes float32 (B, T, 3, H, W)
 normalised frames and returns (B, num_classes) class probabilities; the class names are in the
-model's metadata (``model.metadata.metadata["classes"]``).
+model's metadata (``model.metadata.metadata["classes"]``). Flow and two-stream models take a dict
+``{"flow": (B, [S,] 2*stack, H, W)}`` / ``{"frames": ..., "flow": ...}`` instead.
 """
 
 from __future__ import annotations
@@ -27,9 +28,16 @@ class EgoRNNModel(PythonModel):
     def predict(self, context, model_input, params=None):  # noqa: ANN001 - mlflow reads these hints
         import torch
 
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        keys = self.model.input_keys
+        if isinstance(model_input, dict):  # flow and two_stream models: {"frames": ..., "flow": ...}
+            missing = [k for k in keys if k not in model_input]
+            if missing:
+                raise ValueError(f"this {self.cfg.model.variant} model needs inputs {list(keys)}; missing {missing}")
+            xs = [torch.as_tensor(np.asarray(model_input[k], dtype=np.float32)) for k in keys]
+        else:
+            xs = [torch.as_tensor(np.asarray(model_input, dtype=np.float32))]
         with torch.no_grad():
-            return torch.softmax(self.model(x).logits.float(), dim=1).numpy()
+            return torch.softmax(self.model(*xs).logits.float(), dim=1).numpy()
 
 
 def register(client: mlflow.MlflowClient, run_id: str, checkpoint: Path, classes: list[str], name: str) -> str:

@@ -20,7 +20,7 @@ from egomodel.cli import run_cli
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
-from tuning.space import SearchSpace, SpaceError, decode, load_space, resolve_grace_period
+from tuning.space import SearchSpace, SpaceError, decode, load_space, resolve_grace_period, runtime_overrides
 from tuning.tracking import TrackingError, check_reachable, find_parent, parent_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,10 +174,11 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         print("no --data given: using the built-in synthetic data set (generated once, cached)")
     data_root = str(resolve_root(args.data or "synthetic").resolve())
-    extra = {"data.root": data_root, "train.seed": seed}
+    extra = runtime_overrides(space, data_root, seed)
     cfg = base_config(space, extra)
     variants = {cfg.model.variant, *(c for p in space.params if p.key == "model.variant" for c in p.choices)}
-    bundle = load_bundle(cfg.data, seed, need_mmaps=bool(variants & {"ms", "feedback"}))
+    bundle = load_bundle(cfg.data, cfg.train.seed, need_mmaps=bool(variants & {"ms", "feedback"}),
+                         need_flow=bool(variants & {"flow", "two_stream"}))
     storage = args.storage or "ray_results"
     if "://" not in storage:  # Ray and pyarrow need absolute local paths
         storage = str(Path(storage).expanduser().resolve())
@@ -267,6 +268,13 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     for k, v in {"best_trial_id": trial_id, "best_run_id": run_id, "champion": uri}.items():
         client.set_tag(parent_id, k, v)
     client.log_metric(parent_id, f"best_{space.metric}", float(best.metrics[space.metric]))
+    if space.evaluate_test:  # a reproduction such as table3: its table beside the paper's figures
+        from tuning.report import ReportError, report
+
+        try:
+            report(client, parent_id)
+        except ReportError as e:
+            print(f"warning: no table: {e}", file=sys.stderr)
     client.set_terminated(parent_id, "FINISHED")
     params = decode(space, best.config)
     print("\nbest trial:", trial_id)
@@ -278,6 +286,8 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     print(f"  mlflow ui --backend-store-uri {ui}" if ui else f"  open {tracking_uri} in a browser")
     print(f"  python -m tuning.retrain --run-id {run_id} --tracking-uri {tracking_uri}"
           + (f" --data {args.data}" if args.data else ""))
+    if space.evaluate_test:
+        print(f"  python -m tuning.report --parent {parent_id} --tracking-uri {tracking_uri}")
     return 0
 
 

@@ -42,6 +42,7 @@ TOP_KEYS = (
     "base",
     "params",
     "points",
+    "evaluate_test",
 )
 _FIELDS = {  # allowed fields of a param spec, per type
     "float": ("type", "low", "high", "log", "step", "when"),
@@ -95,6 +96,7 @@ class SearchSpace:
     base: dict[str, Any]  # dotted egomodel overrides applied to every trial
     params: tuple[Param, ...]  # in dependency order: a condition's param comes before its dependants
     points: tuple[dict[str, Any], ...]  # dotted keys, subset values as lists (always + chosen)
+    evaluate_test: bool = False  # trials also score the test users (a reproduction, not a selection)
 
 
 # --- YAML -------------------------------------------------------------------------------------------------
@@ -571,8 +573,10 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
     num_samples = _int_at_least("num_samples", data.get("num_samples", max(1, len(points))), 1)
     max_concurrent = _int_at_least("max_concurrent", data.get("max_concurrent", 1), 1)
 
+    evaluate_test = _bool("evaluate_test", data.get("evaluate_test", False))
     _deep_check(base, params, points)
     return SearchSpace(
+        evaluate_test=evaluate_test,
         name=name,
         path=path,
         text=text,
@@ -712,6 +716,15 @@ def decode(space: SearchSpace, sampled: dict[str, Any]) -> dict[str, Any]:
 def encode_point(space: SearchSpace, point: dict[str, Any]) -> dict[str, Any]:
     """A ``points:`` entry (dotted keys, subsets as lists) -> Optuna names for ``points_to_evaluate``."""
     return _encode(space.params, _check_point(space.params, point, "point", space.base))
+
+
+def runtime_overrides(space: SearchSpace, data_root: str, seed: int) -> dict[str, Any]:
+    """What the command line adds to every trial: the data root, and the training seed unless the
+    space fixes or searches ``train.seed`` itself (repeated-seed spaces such as table3)."""
+    out: dict[str, Any] = {"data.root": data_root}
+    if "train.seed" not in space.base and all(p.key != "train.seed" for p in space.params):
+        out["train.seed"] = seed
+    return out
 
 
 def trial_config(space: SearchSpace, sampled: dict[str, Any], extra: dict[str, Any] | None = None) -> ecfg.Config:

@@ -387,8 +387,9 @@ class MlflowCallback(Callback):
         last = trial.last_result or {}
         tid = trial.trial_id
         if last.get("final"):
-            self._put(tid, "batch", metrics=[("best_val_top1", float(last["val_top1"]), _now_ms(),
-                                              int(last["global_epoch"]))], tags={})
+            finals = {"best_val_top1": last["val_top1"], "test_top1": last.get("test_top1")}  # test: table3-like spaces
+            self._put(tid, "batch", metrics=[(k, float(v), _now_ms(), int(last["global_epoch"]))
+                                             for k, v in finals.items() if v is not None], tags={})
             if trial.checkpoint is not None:
                 self._put(tid, "artifacts", checkpoint=trial.checkpoint)
             self._put(tid, "batch", tags={OUTCOME_TAG: "completed"})

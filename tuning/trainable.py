@@ -29,7 +29,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from egomodel import checkpoint as ck
 from egomodel.engine import EpochReport, train
 from egomodel.stages import stage_plan
-from tuning.space import SearchSpace, trial_config
+from tuning.space import SearchSpace, runtime_overrides, trial_config
 from tuning.stage_store import StageStore
 
 FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "config.yaml", "plots")
@@ -103,7 +103,7 @@ def _fault_arm(trial_dir: Path) -> Any:
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    cfg = trial_config(setup.space, config, {"data.root": setup.data_root, "train.seed": setup.seed})
+    cfg = trial_config(setup.space, config, runtime_overrides(setup.space, setup.data_root, setup.seed))
     trial_dir = Path(tune.get_context().get_trial_dir())
     work = trial_dir / "work"
     ckdir = work / "checkpoints"
@@ -139,7 +139,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     if not resume:
         fault(0)
-    final = train(cfg, work, callback=report, resume=resume, evaluate_test=False, progress=False,
+    final = train(cfg, work, callback=report, resume=resume, evaluate_test=setup.space.evaluate_test, progress=False,
                   store=store, owner=f"trial {trial_id}")
     last_stage = stage_plan(cfg.model.variant, cfg.train)[-1].number
     _plots(ckdir / ck.best_name(last_stage), work / PLOTS, final.get("history"))
@@ -151,7 +151,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         # the search's metric is the best checkpoint's validation score (the model a user would take)
         tune.report(
             {**last, "epoch_val_top1": last.get("val_top1"), "val_top1": final["val_top1"], "final": True,
-             "mean_data_wait_fraction": final["data_wait_fraction"]},
+             "mean_data_wait_fraction": final["data_wait_fraction"],
+             **({"test_top1": final["test_top1"]} if final.get("test_top1") is not None else {})},
             checkpoint=tune.Checkpoint.from_directory(str(folder)),
         )
     finally:

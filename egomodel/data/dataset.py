@@ -84,13 +84,21 @@ def load_bundle(cfg: DataConfig, seed: int, need_mmaps: bool, need_flow: bool = 
             layout.verify_image(c.rgb[i])
             if need_mmaps:  # every sampled frame needs a map within reach
                 layout.verify_image(layout.nearest_mmap(c, i + 1, cfg.mmap_reach))
+        if need_flow:
+            if len(c.flow_x) < cfg.flow_stack:
+                raise DataError(f"flow folder of clip {c.rgb[0].parent.parent} has {len(c.flow_x)} images, "
+                                f"fewer than data.flow_stack={cfg.flow_stack}")
+            layout.verify_image(c.flow_x[0])
+            layout.verify_image(c.flow_y[0])
     train, val, test = split_clips(clips, cfg, seed, users)
     return DataBundle(root, classes, train, val, test, layout.fingerprint(root, clips))
 
 
 class ClipDataset(Dataset):
     """Items are ``(index, epoch_key)`` (training: a random view per clip and epoch) or ``index``
-    (evaluation: the centre view). Returns frames (T, 3, S, S), mmaps (T, s, s), label."""
+    (evaluation: the centre view). Returns frames (T, 3, S, S), mmaps (T, s, s), flow
+    (K, 2*flow_stack, S, S) and label; K is 1 in training (a random start) and ``flow_segments``
+    at evaluation (evenly spaced starts)."""
 
     def __init__(
         self,
@@ -100,6 +108,7 @@ class ClipDataset(Dataset):
         seed: int = 0,
         with_mmaps: bool = False,
         with_flow: bool = False,
+        with_frames: bool = True,
     ) -> None:
         self.clips = list(clips)
         self.index = {name: i for i, name in enumerate(classes)}
@@ -107,6 +116,7 @@ class ClipDataset(Dataset):
         self.seed = seed
         self.with_mmaps = with_mmaps
         self.with_flow = with_flow
+        self.with_frames = with_frames
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -121,27 +131,39 @@ class ClipDataset(Dataset):
         idx = item[0] if isinstance(item, tuple) else item
         clip = self.clips[idx]
         frames = layout.sample_indices(clip.num_frames, self.cfg.frames)
-        images = [layout.load_rgb(clip.rgb[i]) for i in frames]
-        view = self.view_for(item, *images[0].size)
+        first = layout.load_rgb(clip.rgb[frames[0]])
+        view = self.view_for(item, *first.size)
         size, s = self.cfg.image_size, self.cfg.image_size // 32
-        out = {
-            "frames": torch.from_numpy(np.stack([rgb_tensor(im, view, size) for im in images])),
-            "label": torch.tensor(self.index[clip.label_name]),
-            "index": torch.tensor(idx),
-        }
+        out = {"label": torch.tensor(self.index[clip.label_name]), "index": torch.tensor(idx)}
+        if self.with_frames:
+            images = [first] + [layout.load_rgb(clip.rgb[i]) for i in frames[1:]]
+            out["frames"] = torch.from_numpy(np.stack([rgb_tensor(im, view, size) for im in images]))
         if self.with_mmaps:
             maps = [layout.load_gray(layout.nearest_mmap(clip, i + 1, self.cfg.mmap_reach)) for i in frames]
             out["mmaps"] = torch.from_numpy(np.stack([motion_target(m, view, s) for m in maps]))
         if self.with_flow:
-            out["flow"] = torch.from_numpy(self._flow(clip, frames, view, size))
+            out["flow"] = torch.from_numpy(self._flow(clip, self.flow_starts(item, len(clip.flow_x)), view, size))
         return out
 
-    def _flow(self, clip: Clip, frames: list[int], view: View, size: int) -> np.ndarray:
-        """(T, 2, S, S) flow x/y at the sampled frames; the flow issue stacks 5 around each."""
-        def one(paths: tuple, i: int, is_x: bool) -> np.ndarray:
-            return flow_tensor(layout.load_gray(paths[min(i, len(paths) - 1)]), view, size, is_x)
+    def flow_starts(self, item: int | tuple[int, int], n: int) -> list[int]:
+        """0-based first flow frame of each stack: one random start in training (Ego-RNN), else
+        ``flow_segments`` evenly spaced ones."""
+        last = n - self.cfg.flow_stack
+        if isinstance(item, tuple):
+            idx, key = item
+            return [int(np.random.default_rng([self.seed, key, idx, 1]).integers(0, last + 1))]
+        return [int(v) for v in np.linspace(0, last, self.cfg.flow_segments).round()]
 
-        return np.stack([np.stack([one(clip.flow_x, i, True), one(clip.flow_y, i, False)]) for i in frames])
+    def _flow(self, clip: Clip, starts: list[int], view: View, size: int) -> np.ndarray:
+        """(K, 2*flow_stack, S, S): for each start, flow x and y of consecutive frames, interleaved."""
+        def plane(path: Path, is_x: bool) -> np.ndarray:
+            return flow_tensor(layout.load_gray(path), view, size, is_x)
+
+        return np.stack([
+            np.stack([plane(p, is_x) for i in range(k, k + self.cfg.flow_stack)
+                      for p, is_x in ((clip.flow_x[i], True), (clip.flow_y[i], False))])
+            for k in starts
+        ])
 
 
 class EpochSampler(Sampler):

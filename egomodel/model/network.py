@@ -14,6 +14,7 @@ from egomodel.model.backbone import POINT_SHAPES, backbone_features, build_resne
 from egomodel.model.convlstm import ConvLSTM
 from egomodel.model.feedback import FeedbackBranch
 from egomodel.model.ms_head import MSHead
+from egomodel.model.staged import StagedModel
 
 
 @dataclass
@@ -23,7 +24,7 @@ class ModelOutput:
     cams: torch.Tensor | None  # (B, T, s, s) attention maps
 
 
-class EgoRNN(nn.Module):
+class EgoRNN(StagedModel):
     """Variants: ``convlstm``, ``attention``, ``ms``, ``feedback`` (the rows of Table 3)."""
 
     def __init__(self, cfg: ModelConfig, num_classes: int, image_size: int = 224) -> None:
@@ -44,7 +45,6 @@ class EgoRNN(nn.Module):
             self.feedback = FeedbackBranch(channels, mid=cfg.feedback_channels)
         # whether the feedback branch runs; set by egomodel.stages.apply_stage, saved in checkpoints
         self.register_buffer("feedback_on", torch.zeros((), dtype=torch.bool))
-        self._frozen: list[nn.Module] = []
 
     # ----------------------------------------------------------------- blocks and freezing
     def blocks(self) -> dict[str, list[nn.Parameter]]:
@@ -79,17 +79,6 @@ class EgoRNN(nn.Module):
             out["feedback"] = [self.feedback]
         return out
 
-    def set_frozen_modules(self, modules: list[nn.Module]) -> None:
-        self._frozen = modules
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> EgoRNN:
-        """Frozen blocks (and their BN statistics) stay in eval whatever the mode."""
-        super().train(mode)
-        for m in self._frozen:
-            m.eval()
-        return self
-
     # ----------------------------------------------------------------------- forward
     def _encode(
         self, x: torch.Tensor, prev_ms: torch.Tensor | None = None
@@ -114,6 +103,11 @@ class EgoRNN(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> ModelOutput:
         """frames: (B, T, 3, H, W) normalised RGB."""
+        lstm_in, ms, cam = self.sequence(frames)
+        return ModelOutput(self.classify(lstm_in), ms, cam)
+
+    def sequence(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(B, T, 3, H, W) -> ConvLSTM input (B, T, 512, s, s), MS logits, CAMs (or None)."""
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"expected frames of shape (B, T, 3, H, W), got {tuple(frames.shape)}")
         b, t, _, h, w = frames.shape
@@ -135,7 +129,7 @@ class EgoRNN(nn.Module):
             lstm_in = lstm_in.unflatten(0, (b, t))
             ms = None if ms is None else ms.unflatten(0, (b, t))
             cam = None if cam is None else cam.unflatten(0, (b, t))
-        return ModelOutput(self.classify(lstm_in), ms, cam)
+        return lstm_in, ms, cam
 
     def encode_clips(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) -> the ConvLSTM's input (B, T, 512, s, s), batched over all frames.
@@ -147,5 +141,9 @@ class EgoRNN(nn.Module):
 
     def classify(self, lstm_in: torch.Tensor) -> torch.Tensor:
         """ConvLSTM over time, avg-pool of the final *cell* state, dropout, linear: (B, classes)."""
+        return self.classifier(self.clip_features(lstm_in))
+
+    def clip_features(self, lstm_in: torch.Tensor) -> torch.Tensor:
+        """(B, T, 512, s, s) -> the avg-pooled final ConvLSTM cell state (B, hidden)."""
         _, cell = self.convlstm(lstm_in)
-        return self.classifier(cell.mean(dim=(2, 3)))
+        return cell.mean(dim=(2, 3))

@@ -1,0 +1,35 @@
+"""What every trainable network shares: named blocks for the stage configs, and frozen blocks whose
+BatchNorm stays in eval whatever ``train()`` is called with (mmaction2's habit)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class StagedModel(nn.Module):
+    """A network trained in stages. Subclasses name their blocks and the batch keys they read."""
+
+    input_keys: tuple[str, ...] = ("frames",)  # batch entries passed to forward(), in order
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._frozen: list[nn.Module] = []
+
+    def blocks(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters of each named block (the vocabulary of ``train.<stage>.trainable``)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def block_modules(self) -> dict[str, list[nn.Module]]:
+        """Modules of each named block: the ones kept in eval when the block is frozen."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def set_frozen_modules(self, modules: list[nn.Module]) -> None:
+        self._frozen = modules
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> StagedModel:
+        """Frozen blocks (and their BN statistics) stay in eval whatever the mode."""
+        super().train(mode)
+        for m in self._frozen:
+            m.eval()
+        return self
