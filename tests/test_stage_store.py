@@ -47,6 +47,25 @@ def test_a_crashed_holders_lease_expires(tmp_path):
     assert time.time() - start >= 0.2 and any("expired" in m for m in logs)
 
 
+def test_a_retried_trial_takes_over_its_dead_attempts_lease_at_once(tmp_path):
+    dead = StageStore(str(tmp_path), lease_seconds=300, settle_seconds=0.01)
+    assert dead.get_or_claim("k", "trial t1") is None
+    dead._beats.pop("k").set()  # the worker was killed: its lease would stand for 300 s
+    logs = []
+    retry = StageStore(str(tmp_path), lease_seconds=300, poll_seconds=0.05, settle_seconds=0.01, log=logs.append)
+    start = time.time()
+    assert retry.get_or_claim("k", "trial t1") is None  # the same trial, another process: no wait
+    assert time.time() - start < 5 and any("failed attempt" in m for m in logs)
+    other = StageStore(str(tmp_path), lease_seconds=300, poll_seconds=0.05, settle_seconds=0.01)
+    waited = threading.Thread(target=other.get_or_claim, args=("k", "trial t2"), daemon=True)
+    waited.start()
+    waited.join(0.5)
+    assert waited.is_alive()  # another trial still waits for the live holder
+    retry.put("k", {"x": 1})
+    waited.join(10)
+    assert not waited.is_alive()
+
+
 def test_a_corrupted_result_is_detected_and_recomputed(tmp_path):
     store = StageStore(str(tmp_path), settle_seconds=0.01)
     assert store.get_or_claim("k", "a") is None

@@ -108,9 +108,13 @@ class StageStore:
             if found is not None:
                 return found
             lease = self._lease(key)
-            if lease is None or lease["expires"] < time.time():
+            # a trial runs one attempt at a time: its own lease from another process is a dead attempt's
+            dead_attempt = (lease is not None and lease.get("token") != self.token
+                            and str(lease.get("owner", "")).rsplit(":", 1)[0] == owner)
+            if lease is None or lease["expires"] < time.time() or dead_attempt:
                 if lease is not None:
-                    self.log(f"stage store: lease on {key[:12]} held by {lease['owner']} expired; taking over")
+                    why = "is this trial's failed attempt" if dead_attempt else "expired"
+                    self.log(f"stage store: lease on {key[:12]} held by {lease['owner']} {why}; taking over")
                 owner_id = f"{owner}:{self.token}"
                 self._write_lease(key, owner_id)
                 time.sleep(self.settle_seconds)
