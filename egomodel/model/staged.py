@@ -3,10 +3,12 @@ BatchNorm stays in eval whatever ``train()`` is called with (mmaction2's habit).
 
 from __future__ import annotations
 
+import abc
+
 from torch import nn
 
 
-class StagedModel(nn.Module):
+class StagedModel(nn.Module, metaclass=abc.ABCMeta):
     """A network trained in stages. Subclasses name their blocks and the batch keys they read."""
 
     input_keys: tuple[str, ...] = ("frames",)  # batch entries passed to forward(), in order
@@ -15,13 +17,13 @@ class StagedModel(nn.Module):
         super().__init__()
         self._frozen: list[nn.Module] = []
 
+    @abc.abstractmethod
     def blocks(self) -> dict[str, list[nn.Parameter]]:
         """Parameters of each named block (the vocabulary of ``train.<stage>.trainable``)."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abc.abstractmethod
     def block_modules(self) -> dict[str, list[nn.Module]]:
         """Modules of each named block: the ones kept in eval when the block is frozen."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def set_frozen_modules(self, modules: list[nn.Module]) -> None:
         self._frozen = modules
