@@ -1,0 +1,203 @@
+"""End to end in a real browser: a tiny smoke search, `mlflow server` over its store, and headless
+Chromium (driven by Playwright) showing what README promises a user sees in the MLflow UI: the
+search's parent run, its trials nested under it as child runs, and the champion registered model.
+
+Needs Debian's Chromium at /usr/bin/chromium and the `playwright` package (the `test` extra); run
+`tests/setup_browser.sh` once (`.ci/run` does). Playwright never downloads a browser here.
+Screenshots go to $EGOSEARCH_ARTIFACTS/browser (default: under the test's tmp dir); the path is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from tuning.space import SPACES_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+EXPERIMENT = "browser_test"
+MODEL = f"egosearch-{EXPERIMENT}"
+UI_TIMEOUT_MS = 90_000  # the React app on a loaded 2-core machine
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", "TQDM_DISABLE": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+@pytest.fixture
+def sync_playwright():
+    """Checked before the search runs, so a machine without the browser fails at once."""
+    missing = []
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(CHROMIUM)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+        missing.append("the python package playwright")
+    if missing:
+        pytest.fail(f"browser test needs {' and '.join(missing)}: run tests/setup_browser.sh", pytrace=False)
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    root = os.environ.get("EGOSEARCH_ARTIFACTS")
+    folder = (Path(root) if root else tmp_path / "artifacts") / "browser"
+    folder.mkdir(parents=True, exist_ok=True)
+    with capsys.disabled():
+        print(f"\n[test_browser] screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture
+def searched(tmp_path: Path, tiny_root: Path):
+    """A two-trial smoke search (2/1/1 epochs) into tmp_path/mlflow.db; returns the tracking URI."""
+    space = yaml.safe_load((SPACES_DIR / "smoke.yaml").read_text())
+    space.update(name=EXPERIMENT, num_samples=2, max_concurrent=2)
+    space["base"].update({"train.epochs_scale": 0.005, "train.eval_batch_size": 32})
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "tuning.search", "--space", str(tmp_path / "space.yaml"), "--data", str(tiny_root),
+           "--tracking-uri", uri, "--storage", str(tmp_path / "ray_results")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    yield uri
+    for heavy in ("ray_results", "mlruns"):  # checkpoints and the model: GBs, not needed afterwards
+        shutil.rmtree(tmp_path / heavy, ignore_errors=True)
+
+
+@pytest.fixture
+def mlflow_ui(tmp_path: Path, searched: str):
+    """`mlflow server` on 127.0.0.1 over the search's store; yields its base URL."""
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    assert mlflow_bin, "the mlflow CLI is not installed"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "mlflow-server.log").open("w")
+    proc = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", searched, "--artifacts-destination", str(tmp_path / "mlartifacts")],
+                            cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=3) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, (
+                "mlflow server did not come up:\n" + (tmp_path / "mlflow-server.log").read_text()[-3000:])
+            time.sleep(1)
+        yield url
+    finally:
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+
+
+def test_mlflow_ui_shows_parent_children_and_champion(sync_playwright, searched: str, mlflow_ui: str,
+                                                      artifacts: Path) -> None:
+    client = mlflow.MlflowClient(searched)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and all(children)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.run_id == parent.data.tags["best_run_id"]
+
+    base = mlflow_ui
+    external: list[str] = []
+
+    def local_only(route) -> None:  # the UI must work offline; anything else is recorded and refused
+        if route.request.url.startswith(base):
+            route.continue_()
+        else:
+            external.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 1000})
+            context.set_default_timeout(UI_TIMEOUT_MS)
+            context.route("**/*", local_only)
+            page = context.new_page()
+
+            try:
+                # The experiment's runs table: one top-level row, the search's parent run, collapsed.
+                page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
+                page.get_by_text(parent.info.run_name, exact=True).wait_for()
+                page.get_by_text(f"{len(runs)} matching runs").wait_for()
+                page.screenshot(path=str(artifacts / "1_experiment.png"), full_page=True)
+                for name in children:  # trials are nested under the parent, not listed beside it
+                    assert page.get_by_text(name, exact=True).count() == 0, f"{name} is not nested under the parent"
+
+                # Expanding the parent shows every trial as a child run.
+                parent_row = page.get_by_role("row").filter(has_text=parent.info.run_name)
+                parent_row.get_by_role("button").click()
+                for name in children:
+                    page.get_by_text(name, exact=True).wait_for()
+                page.screenshot(path=str(artifacts / "2_child_runs.png"), full_page=True)
+
+                # The Models page: the registered model with its champion alias.
+                page.goto(f"{base}/#/models")
+                page.get_by_text(MODEL, exact=True).wait_for()
+                page.keyboard.press("Escape")  # a "new registry UI" announcement may cover the table
+                model_row = page.get_by_role("row").filter(has_text=MODEL)
+                model_row.get_by_text("champion").wait_for()
+                assert f"Version {champion.version}" in model_row.inner_text()
+                page.screenshot(path=str(artifacts / "3_models.png"), full_page=True)
+
+                # The model's page: the champion alias sits on the registered version.
+                page.goto(f"{base}/#/models/{MODEL}")
+                version_row = page.get_by_role("row").filter(has_text="champion")
+                version_row.wait_for()
+                assert f"Version {champion.version}" in version_row.inner_text()
+                page.screenshot(path=str(artifacts / "4_champion.png"), full_page=True)
+            except Exception:
+                page.screenshot(path=str(artifacts / "failure.png"), full_page=True)
+                raise
+        finally:
+            browser.close()
+    assert not external, f"the MLflow UI requested outside addresses: {external}"
