@@ -269,6 +269,7 @@ class _Run:
     def load_stored(self, stage: Stage, offset: int, path: Path, key: str) -> None:
         """Take a stage's result from the store instead of computing it, as if it had run here."""
         stored = torch.load(path, map_location="cpu", weights_only=True)
+        path.unlink(missing_ok=True)  # the store's local copy: read once
         missing = set(shared_state(self.model.state_dict(), stage.number)) - set(stored["state"])
         if missing:
             raise ResumeError(f"stored stage {stage.number} result {key[:12]} lacks {sorted(missing)[:3]}")

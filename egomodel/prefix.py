@@ -87,7 +87,8 @@ class StageStore(Protocol):
     """Content-addressed stage results with a lease, so a prefix is computed once."""
 
     def get_or_claim(self, key: str, owner: str) -> Path | None:
-        """A local file with the stored result, or None: the caller now holds the lease and computes."""
+        """A local copy of the stored result (the caller may delete it), or None: the caller now holds
+        the lease and computes."""
 
     def put(self, key: str, payload: dict[str, Any]) -> None:
         """Store the result (verified on read) and release the lease."""

@@ -283,6 +283,11 @@ def model_plots(
         written += [p] if p else []
     if data_root is not None:
         cfg = from_dict(cfg.to_dict(), {"data.root": data_root})
+    from egomodel.model import EgoRNN, TwoStream
+
+    model = model.rgb if isinstance(model, TwoStream) else model  # the two-stream model's CAMs are its RGB stream's
+    if not isinstance(model, EgoRNN):  # the flow stream has no attention
+        return written
     bundle = load_bundle(cfg.data, cfg.train.seed, need_mmaps=False)
     pool = getattr(bundle, split)
     if not pool:

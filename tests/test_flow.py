@@ -169,6 +169,13 @@ def test_two_stream_trains_from_stream_checkpoints(tmp_path, tiny_root):
     flow_state = torch.load(flow["best_checkpoint"], weights_only=True)["model"]
     # the flow stream's frozen blocks are the trained flow model's
     assert torch.equal(model.flow.backbone.conv1.weight, flow_state["backbone.conv1.weight"])
+    # a trial's pictures: curves for both, CAMs of the two-stream model's RGB stream, none for flow
+    from egomodel.visualize import model_plots
+
+    drawn = model_plots(out["best_checkpoint"], tmp_path / "plots_two", history=out["history"], clips=2)
+    assert sorted(p.name for p in drawn) == ["cam_val.png", "training_curves.png"]
+    flow_plots = model_plots(flow["best_checkpoint"], tmp_path / "plots_flow", history=flow["history"])
+    assert [p.name for p in flow_plots] == ["training_curves.png"]
     # swapped checkpoints are refused by name
     bad = tiny_config(tiny_root, model__variant="two_stream", model__flow_checkpoint=rgb["best_checkpoint"],
                       model__rgb_checkpoint=flow["best_checkpoint"])

@@ -157,3 +157,6 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    # everything a user keeps is in Ray's storage and MLflow now: free the node's scratch copy
+    # (hundreds of MB of checkpoints per trial, which Ray never deletes from its session folder)
+    shutil.rmtree(work, ignore_errors=True)
