@@ -218,3 +218,14 @@ def test_head_local_storage_refused_on_multi_node(monkeypatch):
     with pytest.raises(search.SearchError, match="s3://"):
         search.connect_ray("auto", "/home/me/ray_results")
     search.connect_ray("auto", "s3://bucket/ray_results")  # a URI every node sees is fine
+
+
+def test_retrain_reads_every_logged_param_back():
+    """Params as the tracking callback logs them (str, lists as JSON) give back the same config,
+    empty strings included (two_stream's checkpoint paths)."""
+    from egomodel.config import flatten, from_dict
+    from tuning.retrain import config_from_params
+
+    cfg = from_dict({}, {"model.variant": "two_stream", "data.test_users": ["S2", "S3"], "model.alpha": 0.5})
+    logged = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in flatten(cfg.to_dict()).items()}
+    assert config_from_params(logged) == cfg

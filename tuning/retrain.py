@@ -30,7 +30,8 @@ class RetrainError(RuntimeError):
 def config_from_params(params: dict[str, str]) -> Config:
     """A child run's dotted params (strings in MLflow) back into an egomodel config."""
     keys = known_keys()
-    values = {k: yaml.safe_load(v) for k, v in params.items() if k in keys}
+    # string keys stay as logged (an empty path is "", not YAML's null); the rest are YAML values
+    values = {k: v if isinstance(keys[k], str) else yaml.safe_load(v) for k, v in params.items() if k in keys}
     if not values:
         raise RetrainError("the run has no egomodel parameters; is it a trial run of tuning.search?")
     return from_dict({}, values)
