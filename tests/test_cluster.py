@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -348,7 +349,8 @@ def test_mlflow_start_commands_run_and_restart(tmp_path: Path, monkeypatch: pyte
     """Run the head's MLflow commands of cluster.yaml twice in a fake $HOME: bound to the private IP, not
     to 127.0.0.1, answering /health, and the second run replaces the first server."""
     monkeypatch.undo()  # this test needs local sockets
-    if shutil.which("mlflow") is None or shutil.which("bash") is None:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's mlflow, unactivated
+    if shutil.which("mlflow", path=path) is None or shutil.which("bash") is None:
         pytest.skip("mlflow CLI or bash not available")
     ips = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
     ipv4 = [ip for ip in ips if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", ip)]
@@ -361,6 +363,7 @@ def test_mlflow_start_commands_run_and_restart(tmp_path: Path, monkeypatch: pyte
     cmds = [c for c in cfg["head_start_ray_commands"] if "mlflow" in c]
     env = {k: v for k, v in os.environ.items() if not k.startswith("EGOSEARCH_")}
     env["HOME"] = str(tmp_path)
+    env["PATH"] = path
     pidfile = tmp_path / "mlflow" / "server.pid"
     pids = []
     try:
