@@ -221,7 +221,8 @@ class _Run:
             lr = opt.param_groups[0]["lr"]
             desc = f"stage {stage.number} epoch {epoch}/{stage.epochs}"
             if cached:
-                metrics = train_cached_epoch(model, train_cache, opt, stage.batch_size, g, device)
+                metrics = train_cached_epoch(model, train_cache, opt, stage.batch_size, g, device,
+                                             cfg.train.precision)
             else:
                 loader = make_loader(self.train_ds, stage.batch_size, cfg.data.num_workers, epoch_key=g)
                 metrics = train_epoch(model, loader, opt, cfg, device, desc, self.progress, ms_on)
@@ -229,7 +230,7 @@ class _Run:
             metrics["lr"] = lr
             if self.bundle.val:
                 if cached:
-                    val_loss, val_top1 = evaluate_cached(model, val_cache, device)
+                    val_loss, val_top1 = evaluate_cached(model, val_cache, device, cfg.train.precision)
                 else:
                     val = evaluate(model, self.val_loader, cfg, device, ms_on)
                     val_loss, val_top1 = val.loss, val.top1

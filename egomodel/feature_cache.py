@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from egomodel.data.dataset import ClipDataset
 from egomodel.model.network import EgoRNN
+from egomodel.steps import autocast
 
 VIEW_KEY = 1_000_000  # augmentation keys of cached views, apart from epoch numbers
 
@@ -65,12 +66,14 @@ class FeatureCache:
 
 
 def train_cached_epoch(model: EgoRNN, cache: FeatureCache, opt: torch.optim.Optimizer, batch_size: int,
-                       epoch_key: int, device: torch.device) -> dict[str, float]:
+                       epoch_key: int, device: torch.device, precision: str = "auto") -> dict[str, float]:
+    """One epoch of ConvLSTM + classifier on cached features, at the precision the uncached path uses."""
     model.train()
     loss_sum = correct = seen = 0.0
     for x, y in cache.batches(batch_size, epoch_key):
         x, y = x.to(device), y.to(device)
-        logits = model.classify(x)
+        with autocast(device, precision):
+            logits = model.classify(x)
         loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} (stage 1, cached features)")
@@ -84,11 +87,13 @@ def train_cached_epoch(model: EgoRNN, cache: FeatureCache, opt: torch.optim.Opti
 
 
 @torch.no_grad()
-def evaluate_cached(model: EgoRNN, cache: FeatureCache, device: torch.device) -> tuple[float, float]:
+def evaluate_cached(model: EgoRNN, cache: FeatureCache, device: torch.device,
+                    precision: str = "auto") -> tuple[float, float]:
     model.eval()
     losses, hits = 0.0, 0.0
     for x, y in cache.batches(64, None):
-        logits = model.classify(x.to(device)).float()
+        with autocast(device, precision):
+            logits = model.classify(x.to(device)).float()
         y = y.to(device)
         losses += float(F.cross_entropy(logits, y, reduction="sum"))
         hits += float((logits.argmax(1) == y).sum())

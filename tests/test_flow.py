@@ -200,3 +200,27 @@ def test_flow_model_learns_the_motion_only_classes(tmp_path: Path):
     pair = [rows["shake_cup"], rows["stir_cup"]]
     correct, clips = sum(int(r[2]) for r in pair), sum(int(r[1]) for r in pair)
     assert correct >= 0.75 * clips, f"motion-only pair: {correct}/{clips} correct (test top-1 {out['test_top1']})"
+
+
+def test_champion_pyfunc_takes_named_inputs_for_flow_models(tmp_path):
+    """A flow or two-stream champion predicts from {"flow": ...} / {"frames": ..., "flow": ...}."""
+    from types import SimpleNamespace
+
+    from egomodel import checkpoint as ck
+    from tuning.champion import EgoRNNModel
+
+    cfg = _cfg("flow", **{"data.flow_stack": 2})
+    torch.manual_seed(0)
+    model = build_model(cfg, C)
+    path = ck.save(tmp_path / "stage1_best.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
+                                                 "classes": [f"c{i}" for i in range(C)], "stage": 1, "epoch": 1})
+    pyfunc = EgoRNNModel()
+    pyfunc.load_context(SimpleNamespace(artifacts={"checkpoint": str(path)}))
+    flow = np.random.default_rng(0).standard_normal((2, 3, 4, SIZE, SIZE)).astype(np.float32)
+    probs = pyfunc.predict(None, {"flow": flow})
+    assert probs.shape == (2, C) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    with torch.no_grad():
+        want = torch.softmax(model.eval()(torch.from_numpy(flow)).logits, 1).numpy()
+    assert np.allclose(probs, want, atol=1e-5)
+    with pytest.raises(ValueError, match=r"needs inputs \['flow'\]; missing \['flow'\]"):
+        pyfunc.predict(None, {"frames": flow})
