@@ -29,6 +29,7 @@ BASE = {
     "model.variant": "feedback", "model.pretrained": "none", "model.hidden": 32, "data.image_size": 64,
     "data.frames": 3, "data.num_workers": 0, "train.epochs_scale": 0.01, "train.stage1.batch_size": 8,
     "train.stage2.batch_size": 8, "train.stage3.batch_size": 8, "train.eval_batch_size": 32,
+    "data.decoded_cache": 4096, "train.stage1_views": 2,  # as smoke.yaml
 }
 # ablation-style at smoke scale: nothing touches stage 1; stage 2 has a few discrete settings
 ABLATION_PARAMS = {

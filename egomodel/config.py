@@ -44,6 +44,7 @@ class DataConfig:
     image_size: int = 224
     num_workers: int = 2
     mmap_reach: int = 5  # how far to look for the nearest existing motion map
+    decoded_cache: int = 0  # decoded images kept in memory per loader process (0: decode every read)
     flow_stack: int = 5  # flow variants: consecutive warp-flow x/y frames per input (2 * flow_stack channels)
     flow_segments: int = 5  # flow variants: stacks averaged at evaluation, evenly over the clip
 
@@ -240,8 +241,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.seed: {t.seed} must be >= 0")
     if t.stage1_views < 0:
         raise ConfigError(f"train.stage1_views: {t.stage1_views} must be >= 0")
-    if d.num_workers < 0 or d.mmap_reach < 0:
-        raise ConfigError("data.num_workers and data.mmap_reach must be >= 0")
+    if d.num_workers < 0 or d.mmap_reach < 0 or d.decoded_cache < 0:
+        raise ConfigError("data.num_workers, data.mmap_reach and data.decoded_cache must be >= 0")
     if not d.test_users:
         raise ConfigError("data.test_users: at least one test user is needed")
     if set(d.val_users) & set(d.test_users):

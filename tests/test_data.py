@@ -95,3 +95,25 @@ def test_split_by_users_never_leaks_test_users(tiny_root):
     assert val == [] and {c.user for c in train} == {"S1", "S3", "S4"}
     with pytest.raises(DataError, match="S7"):
         split_clips(clips, DataConfig(test_users=["S7"]), 0, users)
+
+
+def test_decoded_cache_gives_the_same_items_and_stays_bounded(tiny_root, monkeypatch):
+    clips = layout.scan(tiny_root, need_flow=True)
+    names = layout.class_names(clips)
+    plain = ClipDataset(clips, names, DataConfig(root=str(tiny_root), frames=3, image_size=64), 0,
+                        with_mmaps=True, with_flow=True)
+    cached = ClipDataset(clips, names, DataConfig(root=str(tiny_root), frames=3, image_size=64, decoded_cache=1000),
+                         0, with_mmaps=True, with_flow=True)
+    decodes = []
+    real = layout._open
+    monkeypatch.setattr(layout, "_open", lambda path, mode: decodes.append(path) or real(path, mode))
+    for item in [(0, 1), (0, 2), 0, (1, 1)]:
+        a, b = plain[item], cached[item]
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    n = len(decodes)
+    cached[(0, 3)]  # clip 0 again: its images come from memory
+    assert len(decodes) == n
+    small = ClipDataset(clips, names, DataConfig(root=str(tiny_root), frames=3, image_size=64, decoded_cache=5), 0,
+                        with_mmaps=True, with_flow=True)
+    assert all(np.array_equal(small[0][k], plain[0][k]) for k in ("frames", "mmaps", "flow"))
+    assert len(small._decoded) == 5

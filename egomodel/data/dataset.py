@@ -6,7 +6,7 @@ a resumed run and a run with a different number of workers see the same views.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +117,20 @@ class ClipDataset(Dataset):
         self.with_mmaps = with_mmaps
         self.with_flow = with_flow
         self.with_frames = with_frames
+        self._decoded: OrderedDict[Path, object] = OrderedDict()  # LRU of decoded images (data.decoded_cache)
+
+    def _load(self, path: Path, rgb: bool) -> object:
+        """Decode an image (PIL RGB or gray uint8 array), through the per-process LRU when it is on."""
+        if self.cfg.decoded_cache == 0:
+            return layout.load_rgb(path) if rgb else layout.load_gray(path)
+        image = self._decoded.get(path)
+        if image is None:
+            image = self._decoded[path] = layout.load_rgb(path) if rgb else layout.load_gray(path)
+            if len(self._decoded) > self.cfg.decoded_cache:
+                self._decoded.popitem(last=False)
+        else:
+            self._decoded.move_to_end(path)
+        return image
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -131,15 +145,15 @@ class ClipDataset(Dataset):
         idx = item[0] if isinstance(item, tuple) else item
         clip = self.clips[idx]
         frames = layout.sample_indices(clip.num_frames, self.cfg.frames)
-        first = layout.load_rgb(clip.rgb[frames[0]])
+        first = self._load(clip.rgb[frames[0]], True)
         view = self.view_for(item, *first.size)
         size, s = self.cfg.image_size, self.cfg.image_size // 32
         out = {"label": torch.tensor(self.index[clip.label_name]), "index": torch.tensor(idx)}
         if self.with_frames:
-            images = [first] + [layout.load_rgb(clip.rgb[i]) for i in frames[1:]]
+            images = [first] + [self._load(clip.rgb[i], True) for i in frames[1:]]
             out["frames"] = torch.from_numpy(np.stack([rgb_tensor(im, view, size) for im in images]))
         if self.with_mmaps:
-            maps = [layout.load_gray(layout.nearest_mmap(clip, i + 1, self.cfg.mmap_reach)) for i in frames]
+            maps = [self._load(layout.nearest_mmap(clip, i + 1, self.cfg.mmap_reach), False) for i in frames]
             out["mmaps"] = torch.from_numpy(np.stack([motion_target(m, view, s) for m in maps]))
         if self.with_flow:
             out["flow"] = torch.from_numpy(self._flow(clip, self.flow_starts(item, len(clip.flow_x)), view, size))
@@ -157,7 +171,7 @@ class ClipDataset(Dataset):
     def _flow(self, clip: Clip, starts: list[int], view: View, size: int) -> np.ndarray:
         """(K, 2*flow_stack, S, S): for each start, flow x and y of consecutive frames, interleaved."""
         def plane(path: Path, is_x: bool) -> np.ndarray:
-            return flow_tensor(layout.load_gray(path), view, size, is_x)
+            return flow_tensor(self._load(path, False), view, size, is_x)
 
         return np.stack([
             np.stack([plane(p, is_x) for i in range(k, k + self.cfg.flow_stack)
