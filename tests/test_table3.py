@@ -60,6 +60,8 @@ def test_tiny_table3_search_reports_eight_rows(tmp_path, tiny_root):
     assert len(children) == 8 and all("test_top1" in c.data.metrics for c in children)
     two = next(c for c in children if c.data.params["model.variant"] == "two_stream")
     assert two.info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(two.info.run_id)}
+    assert {"confusion_test.png", "per_class_test.csv", "confusion_val.png"} <= logged, logged
     local = Path(client.download_artifacts(parent.info.run_id, "report", str(tmp_path / "dl")))
     with open(local / "table3.csv") as f:
         rows = list(csv.DictReader(f))

@@ -32,7 +32,9 @@ from egomodel.stages import stage_plan
 from tuning.space import SearchSpace, runtime_overrides, trial_config
 from tuning.stage_store import StageStore
 
-FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "config.yaml", "plots")
+# what a finished trial hands to MLflow (the test files only where the space sets evaluate_test)
+FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "confusion_test.png", "per_class_test.csv",
+               "config.yaml", "plots")
 PLOTS = "plots"  # training curves, CAM overlays, feedback beta/gamma maps (egomodel.visualize)
 FAULT_KILL_ENV = "EGOSEARCH_FAULT_KILL_AT_EPOCH"  # tests only: see the module docstring
 FAULT_MARKER = "fault_killed"
