@@ -4,7 +4,8 @@ search's parent run, its trials nested under it as child runs, and the champion 
 
 Needs Debian's Chromium at /usr/bin/chromium and the `playwright` package (the `test` extra); run
 `tests/setup_browser.sh` once (`.ci/run` does). Playwright never downloads a browser here.
-Screenshots go to $EGOSEARCH_ARTIFACTS/browser (default: under the test's tmp dir); the path is printed.
+Screenshots go to $EGOSEARCH_ARTIFACTS/browser (default: test-artifacts/browser in the repository,
+kept after a passing run, unlike pytest's tmp folders); the path is printed.
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+def artifacts(capsys: pytest.CaptureFixture[str]) -> Path:
     root = os.environ.get("EGOSEARCH_ARTIFACTS")
-    folder = (Path(root) if root else tmp_path / "artifacts") / "browser"
+    folder = (Path(root) if root else REPO / "test-artifacts") / "browser"
     folder.mkdir(parents=True, exist_ok=True)
     with capsys.disabled():
         print(f"\n[test_browser] screenshots: {folder}")
