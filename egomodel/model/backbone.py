@@ -72,6 +72,11 @@ def backbone_features(
     return feats, no_bn
 
 
+def resnet_blocks(net: ResNet) -> dict[str, list[nn.Module]]:
+    """The backbone's named blocks: conv1 (with bn1) and layer1..layer4."""
+    return {"conv1": [net.conv1, net.bn1], **{f"layer{i}": [getattr(net, f"layer{i}")] for i in range(1, 5)}}
+
+
 # channels and stride of each insertion point's features
 POINT_SHAPES = {"conv1": (64, 2), "layer1": (64, 4), "layer2": (64, 4), "layer3": (128, 8), "layer4": (256, 16)}
 

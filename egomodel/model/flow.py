@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet
 
-from egomodel.model.backbone import build_resnet34
+from egomodel.model.backbone import build_resnet34, resnet_blocks
 from egomodel.model.network import ModelOutput
 from egomodel.model.staged import StagedModel
 
@@ -39,21 +39,8 @@ class FlowNet(StagedModel):
         self.backbone = flow_resnet34(pretrained, self.channels)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(512, num_classes))
 
-    def blocks(self) -> dict[str, list[nn.Parameter]]:
-        bb = self.backbone
-        return {
-            "conv1": [*bb.conv1.parameters(), *bb.bn1.parameters()],
-            **{f"layer{i}": list(getattr(bb, f"layer{i}").parameters()) for i in range(1, 5)},
-            "classifier": list(self.classifier.parameters()),
-        }
-
     def block_modules(self) -> dict[str, list[nn.Module]]:
-        bb = self.backbone
-        return {
-            "conv1": [bb.conv1, bb.bn1],
-            **{f"layer{i}": [getattr(bb, f"layer{i}")] for i in range(1, 5)},
-            "classifier": [self.classifier],
-        }
+        return {**resnet_blocks(self.backbone), "classifier": [self.classifier]}
 
     def features(self, flow: torch.Tensor) -> torch.Tensor:
         """(B, [S,] 2*stack, H, W) -> pooled layer-4 features per segment (B, S, 512)."""

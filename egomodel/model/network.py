@@ -10,7 +10,7 @@ from torch import nn
 
 from egomodel.config import ModelConfig
 from egomodel.model.attention import cam_attention
-from egomodel.model.backbone import POINT_SHAPES, backbone_features, build_resnet34
+from egomodel.model.backbone import POINT_SHAPES, backbone_features, build_resnet34, resnet_blocks
 from egomodel.model.convlstm import ConvLSTM
 from egomodel.model.feedback import FeedbackBranch
 from egomodel.model.ms_head import MSHead
@@ -49,29 +49,19 @@ class EgoRNN(StagedModel):
     # ----------------------------------------------------------------- blocks and freezing
     def blocks(self) -> dict[str, list[nn.Parameter]]:
         """Parameters of each named block this variant uses (the vocabulary of stage configs)."""
-        bb = self.backbone
-        out: dict[str, list[nn.Parameter]] = {
-            "conv1": [*bb.conv1.parameters(), *bb.bn1.parameters()],
-            **{f"layer{i}": list(getattr(bb, f"layer{i}").parameters()) for i in range(1, 5)},
-            "convlstm": list(self.convlstm.parameters()),
-            "classifier": list(self.classifier.parameters()),
-        }
-        if self.variant != "convlstm":
-            out["fc"] = [bb.fc.weight]  # only the CAM row is used; the bias never gets a gradient
-        if self.ms_head is not None:
-            out["ms_head"] = list(self.ms_head.parameters())
-        if self.feedback is not None:
-            out["feedback"] = list(self.feedback.parameters())
+        out = super().blocks()
+        if self.variant == "convlstm":
+            del out["fc"]  # no CAM: the backbone's fc is never used
+        else:
+            out["fc"] = [self.backbone.fc.weight]  # only the CAM row is used; the bias never gets a gradient
         return out
 
     def block_modules(self) -> dict[str, list[nn.Module]]:
-        bb = self.backbone
         out: dict[str, list[nn.Module]] = {
-            "conv1": [bb.conv1, bb.bn1],
-            **{f"layer{i}": [getattr(bb, f"layer{i}")] for i in range(1, 5)},
+            **resnet_blocks(self.backbone),
             "convlstm": [self.convlstm],
             "classifier": [self.classifier],
-            "fc": [bb.fc],
+            "fc": [self.backbone.fc],
         }
         if self.ms_head is not None:
             out["ms_head"] = [self.ms_head]

@@ -17,9 +17,10 @@ class StagedModel(nn.Module, metaclass=abc.ABCMeta):
         super().__init__()
         self._frozen: list[nn.Module] = []
 
-    @abc.abstractmethod
     def blocks(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters of each named block (the vocabulary of ``train.<stage>.trainable``)."""
+        """Parameters of each named block (the vocabulary of ``train.<stage>.trainable``): by
+        default every parameter of the block's modules."""
+        return {name: [p for m in mods for p in m.parameters()] for name, mods in self.block_modules().items()}
 
     @abc.abstractmethod
     def block_modules(self) -> dict[str, list[nn.Module]]:
