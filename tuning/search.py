@@ -107,14 +107,10 @@ def trial_resources(space: SearchSpace) -> dict[str, float]:
     return res
 
 
-def _fs(path: str) -> tuple[Any, str]:
-    from pyarrow import fs as pafs
-
-    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-
-
 def save_record(path: str, record: dict[str, str]) -> None:
-    fs, root = _fs(path)
+    from tuning.stage_store import filesystem
+
+    fs, root = filesystem(path)
     try:
         fs.create_dir(root, recursive=True)
         with fs.open_output_stream(f"{root}/{RECORD}") as f:
@@ -126,7 +122,9 @@ def save_record(path: str, record: dict[str, str]) -> None:
 def started_on(path: str, client: Any, name: str) -> dict[str, str | None] | None:
     """The data a saved search started on: its record next to Ray's state, else (a search started
     before records were written) its MLflow parent run's tags; None when neither says."""
-    fs, root = _fs(path)
+    from tuning.stage_store import filesystem
+
+    fs, root = filesystem(path)
     try:
         with fs.open_input_stream(f"{root}/{RECORD}") as f:
             return json.loads(f.read())

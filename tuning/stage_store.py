@@ -26,11 +26,15 @@ import torch
 from pyarrow import fs as pafs
 
 
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the root inside it, for a local path or a URI (s3://, gs://, file://)."""
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
+
+
 class StageStore:
     def __init__(self, uri: str, lease_seconds: float = 300.0, poll_seconds: float = 2.0,
                  settle_seconds: float = 0.5, log: Any = print) -> None:
-        self.fs, self.root = pafs.FileSystem.from_uri(uri) if "://" in uri else (
-            pafs.LocalFileSystem(), str(Path(uri).resolve()))
+        self.fs, self.root = filesystem(uri)
         self.uri = uri
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
