@@ -1,9 +1,13 @@
-"""Stage-2 training step: the authors' per-frame loop in fp32 versus this project's defaults."""
+"""Stage-2/3 training steps: the authors' per-frame loop in fp32 versus this project's defaults.
+
+Works on any device: on CUDA each timing synchronises, and peak memory is read from the allocator.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -13,8 +17,10 @@ from egomodel.model import EgoRNN
 from egomodel.model.attention import cam_attention
 from egomodel.model.backbone import backbone_features
 from egomodel.stages import apply_stage
+from egomodel.steps import autocast
 
 STAGE2 = ["convlstm", "classifier", "layer4", "fc", "ms_head"]
+STAGE3 = ["convlstm", "classifier", "fc", "feedback", "conv1", "layer4"]
 
 
 def naive_forward(model: EgoRNN, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,36 +35,84 @@ def naive_forward(model: EgoRNN, frames: torch.Tensor) -> tuple[torch.Tensor, to
     return model.classifier(cell.mean(dim=(2, 3))), torch.stack(ms, 1)
 
 
-def _step(model, opt, frames, labels, mmaps, naive: bool, precision: str) -> None:
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
-    with ctx:
-        if naive:
-            logits, ms = naive_forward(model, frames)
-        else:
-            out = model(frames)
-            logits, ms = out.logits, out.ms
-    loss, _ = total_loss(logits, labels, ms, mmaps, "classification", 1.0, 0.2)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+@dataclass(frozen=True)
+class StepSetup:
+    """One benchmarked step: the model's setting and the shapes."""
+
+    naive: bool = False  # the authors' per-frame loop (implies fp32, NCHW, separate gates)
+    precision: str = "fp32"  # "fp32", "bf16" or "auto" (egomodel.steps.autocast)
+    channels_last: bool = False
+    gates: str = "separate"
+    compile: bool = False
+    stage: int = 2  # 2: the ms variant's stage-2 trainable set; 3: feedback's stage 3
+    batch: int = 4
+    frames: int = 7
+    size: int = 224
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    seconds: float  # median seconds per training step
+    warmup_s: float  # the first step (includes torch.compile's compilation when on)
+    peak_mem_gb: float | None  # CUDA only: the allocator's peak during the steps
+
+    def clips_per_s(self, batch: int) -> float:
+        return batch / self.seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(setup: StepSetup, reps: int, device: torch.device | str = "cpu") -> StepTiming:
+    """Median seconds per training step (after one warm-up step) on ``device``."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    variant = "feedback" if setup.stage == 3 else "ms"
+    model = EgoRNN(ModelConfig(variant=variant, pretrained="none"), 61, setup.size).to(device)
+    model.convlstm.gates = setup.gates
+    if setup.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    apply_stage(model, STAGE3 if setup.stage == 3 else STAGE2)
+    if setup.compile:
+        model.compile()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    s = setup.size
+    x = torch.randn(setup.batch, setup.frames, 3, s, s, device=device)
+    y = torch.randint(0, 61, (setup.batch,), device=device)
+    mm = torch.rand(setup.batch, setup.frames, s // 32, s // 32, device=device)
+
+    def step() -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        with autocast(device, "fp32" if setup.naive else setup.precision):
+            if setup.naive:
+                logits, ms = naive_forward(model, x)
+            else:
+                out = model(x)
+                logits, ms = out.logits, out.ms
+        loss, _ = total_loss(logits, y, ms, mm, "classification", 1.0, 0.2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    warm = step()
+    times = [step() for _ in range(reps)]
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    del model, opt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return StepTiming(statistics.median(times), warm, peak)
 
 
 def time_steps(naive: bool, batch: int, frames: int, size: int, reps: int, precision: str = "fp32",
                channels_last: bool = False) -> float:
-    """Median seconds per stage-2 step (after one warm-up step)."""
-    torch.manual_seed(0)
-    model = EgoRNN(ModelConfig(variant="ms", pretrained="none"), 61, size)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    apply_stage(model, STAGE2)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    x = torch.randn(batch, frames, 3, size, size)
-    y = torch.randint(0, 61, (batch,))
-    mm = torch.rand(batch, frames, size // 32, size // 32)
-    _step(model, opt, x, y, mm, naive, precision)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        _step(model, opt, x, y, mm, naive, precision)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """CPU seconds per stage-2 step (the shape ``benchmarks.run`` uses)."""
+    setup = StepSetup(naive=naive, precision=precision, channels_last=channels_last, batch=batch, frames=frames,
+                      size=size)
+    return time_step(setup, reps).seconds

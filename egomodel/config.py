@@ -25,6 +25,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("multistep", "exponential")  # exponential: lr *= gamma every epoch (StepLR(1, gamma))
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+GATE_MODES = ("auto", "fused", "separate")  # ConvLSTM gate convolutions (egomodel.model.convlstm)
 
 
 STAGE_NAMES = ("stage1", "stage2", "stage3", "flow", "two_stream")  # the StageConfig fields of TrainConfig
@@ -45,6 +46,7 @@ class DataConfig:
     num_workers: int = 2
     mmap_reach: int = 5  # how far to look for the nearest existing motion map
     decoded_cache: int = 0  # decoded images kept in memory per loader process (0: decode every read)
+    packed_cache: str = ""  # per-clip decoded frames on disk: "" off, "auto" ($EGOMODEL_CACHE/packed) or a folder
     flow_stack: int = 5  # flow variants: consecutive warp-flow x/y frames per input (2 * flow_stack channels)
     flow_segments: int = 5  # flow variants: stacks averaged at evaluation, evenly over the clip
 
@@ -94,6 +96,8 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA and AVX-512-BF16/AMX CPUs, else fp32
     channels_last: bool = True  # NHWC convolutions: 2x faster stage-2 steps on the 2-core CPU here
+    convlstm_gates: str = "auto"  # fused | separate | auto: the faster one measured on the device type
+    compile: bool = False  # torch.compile the model's forward (nn.Module.compile; checkpoints unchanged)
     eps: float = 1e-4
     eval_batch_size: int = 8
     stage1_views: int = 0  # stage-1 feature cache: augmentation draws cached per clip (0: off, fresh draws)
@@ -219,6 +223,7 @@ def validate(cfg: Config) -> Config:
     _check_choice("model.insertion", m.insertion, INSERTION_POINTS)
     _check_choice("train.device", t.device, DEVICES)
     _check_choice("train.precision", t.precision, PRECISIONS)
+    _check_choice("train.convlstm_gates", t.convlstm_gates, GATE_MODES)
     if not 0.0 <= m.tau <= 1.0:
         raise ConfigError(f"model.tau: {m.tau} is outside [0, 1]")
     if m.alpha < 0:

@@ -27,16 +27,18 @@ from tqdm import tqdm
 from egomodel import checkpoint as ck
 from egomodel.config import Config, ConfigError, dump, flatten, from_dict
 from egomodel.data.dataset import ClipDataset, DataBundle, load_bundle, make_loader
+from egomodel.data.transforms import normalize_frames
 from egomodel.feature_cache import FeatureCache, evaluate_cached, train_cached_epoch
 from egomodel.model import EgoRNN, StagedModel, TwoStream, build_model
 from egomodel.model.backbone import calibrate_batchnorm
+from egomodel.model.convlstm import ConvLSTM
 from egomodel.prefix import StageStore, shared_state, stage_key
 from egomodel.report import confusion, plot_confusion, write_per_class
 from egomodel.stages import Stage, apply_stage, stage_plan
 from egomodel.steps import evaluate, pick_device, train_epoch
 
 # keys that may differ between a run and its resume without changing the result
-RESUME_FREE_KEYS = {"data.num_workers", "data.root", "train.device", "model.flow_checkpoint", "model.rgb_checkpoint"}
+RESUME_FREE_KEYS = {"data.num_workers", "data.root", "data.decoded_cache", "data.packed_cache", "train.device", "model.flow_checkpoint", "model.rgb_checkpoint"}
 # blocks before (or in) the MS head: if none trains, the MS loss cannot change anything
 MS_UPSTREAM = {"conv1", "layer1", "layer2", "layer3", "layer4", "ms_head", "feedback"}
 CACHEABLE = {"convlstm", "classifier"}  # stages training only these can use the stage-1 feature cache
@@ -132,6 +134,11 @@ def train(
     model = build_model(cfg, len(bundle.classes)).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    for m in model.modules():
+        if isinstance(m, ConvLSTM):
+            m.gates = cfg.train.convlstm_gates
+    if cfg.train.compile:
+        model.compile()  # compiles forward in place: parameter names and checkpoints stay the same
     train_ds = make_dataset(cfg, bundle.train, bundle.classes)
     val_loader = eval_loader(cfg, bundle, bundle.val)
 
@@ -216,6 +223,7 @@ class _Run:
             train_cache = FeatureCache(model, self.train_ds, cfg.train.stage1_views, device, progress=self.progress)
             val_cache = (FeatureCache(model, self.val_loader.dataset, 0, device, progress=self.progress)
                          if self.bundle.val else None)
+        loader = None  # one training loader (and its workers) for the stage, moved on with set_epoch
         for epoch in range(done + 1, stage.epochs + 1):
             g = offset + epoch
             lr = opt.param_groups[0]["lr"]
@@ -224,7 +232,9 @@ class _Run:
                 metrics = train_cached_epoch(model, train_cache, opt, stage.batch_size, g, device,
                                              cfg.train.precision)
             else:
-                loader = make_loader(self.train_ds, stage.batch_size, cfg.data.num_workers, epoch_key=g)
+                if loader is None:
+                    loader = make_loader(self.train_ds, stage.batch_size, cfg.data.num_workers, epoch_key=g)
+                loader.sampler.set_epoch(g)
                 metrics = train_epoch(model, loader, opt, cfg, device, desc, self.progress, ms_on)
             sched.step()
             metrics["lr"] = lr
@@ -298,7 +308,7 @@ def _calibrate(model: EgoRNN, ds: ClipDataset, device: torch.device, clips: int 
     for i, batch in enumerate(loader):
         if i * 4 >= clips:
             break
-        batches.append(batch["frames"].flatten(0, 1).to(device))
+        batches.append(normalize_frames(batch["frames"].flatten(0, 1).to(device)))
     calibrate_batchnorm(model.backbone, batches)
 
 

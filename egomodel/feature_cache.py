@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from egomodel.data.dataset import ClipDataset
 from egomodel.model.network import EgoRNN
-from egomodel.steps import autocast
+from egomodel.steps import autocast, to_device
 
 VIEW_KEY = 1_000_000  # augmentation keys of cached views, apart from epoch numbers
 
@@ -37,7 +37,7 @@ class FeatureCache:
                 for start in range(0, len(ds), batch_size):
                     stop = min(len(ds), start + batch_size)
                     items = [ds[i] if key is None else ds[(i, key)] for i in range(start, stop)]
-                    frames = default_collate(items)["frames"].to(device)
+                    frames = to_device(default_collate(items), device)["frames"]
                     chunks.append(model.encode_clips(frames).float().cpu())
                     bar.update(len(items))
                 per_view.append(torch.cat(chunks))

@@ -22,7 +22,7 @@ import torch
 from egomodel.config import Config, flatten
 
 # runtime settings that never change a result
-RUNTIME_KEYS = ("data.root", "data.num_workers", "train.device")
+RUNTIME_KEYS = ("data.root", "data.num_workers", "data.decoded_cache", "data.packed_cache", "train.device")
 # keys only later stages read: left out of earlier stages' keys
 LATER_KEYS = {
     1: ("model.alpha", "model.tau", "model.ms_task", "model.insertion", "model.feedback_channels",

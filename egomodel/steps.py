@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from egomodel.config import Config
+from egomodel.data.transforms import normalize_frames
 from egomodel.losses import total_loss
 from egomodel.model.staged import StagedModel
 
@@ -40,8 +41,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A loader's batch on the device, its uint8 frames normalised there."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if "frames" in out:
+        out["frames"] = normalize_frames(out["frames"])
+    return out
 
 
 def inputs(model: StagedModel, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -72,7 +77,7 @@ def train_epoch(
     while True:
         t0 = time.perf_counter()
         try:
-            batch = _to(next(it), device)
+            batch = to_device(next(it), device)
         except StopIteration:
             break
         t1 = time.perf_counter()
@@ -121,7 +126,7 @@ def evaluate(
     m = cfg.model
     losses, labels, probs = [], [], []
     for batch in loader:
-        batch = _to(batch, device)
+        batch = to_device(batch, device)
         with autocast(device, cfg.train.precision):
             out = model(*inputs(model, batch))
         mm = batch.get("mmaps") if ms_on else None

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from egomodel.data.transforms import MEAN, STD
+from egomodel.data.transforms import MEAN, STD, normalize_frames
 
 
 def _plt() -> Any:
@@ -295,7 +295,7 @@ def model_plots(
     ds = ClipDataset(pool, classes, cfg.data, cfg.train.seed)
     labels = [classes.index(c.label_name) for c in pool]
     items = [ds[i] for i in pick_clips(labels, clips)]
-    frames = torch.stack([it["frames"] for it in items])
+    frames = normalize_frames(torch.stack([it["frames"] for it in items]))
     ys = [int(it["label"]) for it in items]
     p = cam_overlays(model, frames, ys, classes, out / f"cam_{split}.png")
     written += [p] if p else []

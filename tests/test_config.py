@@ -45,6 +45,7 @@ def test_dotted_overrides_reach_every_key(tmp_path):
         ("train.stage1.milestones=[50,10]", "train.stage1.milestones"),
         ("data.val_users=[S2]", "data.val_users"),
         ("train.bogus.lr=1", "train.bogus"),
+        ("train.convlstm_gates=both", "train.convlstm_gates"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

@@ -121,6 +121,7 @@ def test_stage1_feature_cache_matches_the_uncached_features(tmp_path, tiny_root)
     from egomodel.config import from_dict
     from egomodel.data import layout
     from egomodel.data.dataset import ClipDataset
+    from egomodel.data.transforms import normalize_frames
     from egomodel.feature_cache import VIEW_KEY, FeatureCache
     from egomodel.model import EgoRNN
 
@@ -133,7 +134,7 @@ def test_stage1_feature_cache_matches_the_uncached_features(tmp_path, tiny_root)
     assert cache.features.shape[:3] == (3, 2, 3)
     with torch.no_grad():
         for view in range(2):
-            direct = model.encode_clips(ds[(1, VIEW_KEY + view)]["frames"][None])[0]
+            direct = model.encode_clips(normalize_frames(ds[(1, VIEW_KEY + view)]["frames"][None]))[0]
             assert torch.allclose(cache.features[1, view], direct, atol=1e-5)
     picked = {tuple(y.tolist()) for _, y in cache.batches(2, epoch_key=5)}
     assert sum(len(p) for p in picked) == 3

@@ -160,3 +160,26 @@ def test_weights_from_a_path(tmp_path):
     torch.save(net.state_dict(), tmp_path / "r34.pth")
     loaded = build_resnet34(str(tmp_path / "r34.pth"))
     assert torch.equal(loaded.conv1.weight, net.conv1.weight)
+
+
+def test_convlstm_fused_and_separate_gates_agree_and_share_parameters():
+    from egomodel.model.convlstm import ConvLSTM
+
+    torch.manual_seed(0)
+    cell = ConvLSTM(16, 8)
+    keys = set(cell.state_dict())
+    x = torch.randn(2, 4, 16, 5, 5)
+    outs = {}
+    for mode in ("separate", "fused"):
+        cell.gates = mode
+        cell.zero_grad()
+        hid, c = cell(x)
+        c.sum().backward()
+        outs[mode] = (hid.detach(), c.detach(), cell.xx["f"].weight.grad.clone())
+    for a, b in zip(outs["separate"], outs["fused"]):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert set(cell.state_dict()) == keys
+    assert ConvLSTM(4, 4).mode(torch.device("cpu")) == "separate"  # what measured faster on CPU
+    assert ConvLSTM(4, 4, gates="fused").mode(torch.device("cpu")) == "fused"
+    with pytest.raises(ValueError, match="gates"):
+        ConvLSTM(4, 4, gates="both")

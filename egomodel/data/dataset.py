@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from egomodel.config import DataConfig
-from egomodel.data import layout
+from egomodel.data import layout, packed
 from egomodel.data.layout import Clip, DataError
 from egomodel.data.transforms import View, centre_view, draw_view, flow_tensor, motion_target, rgb_tensor
 
@@ -96,7 +97,8 @@ def load_bundle(cfg: DataConfig, seed: int, need_mmaps: bool, need_flow: bool = 
 
 class ClipDataset(Dataset):
     """Items are ``(index, epoch_key)`` (training: a random view per clip and epoch) or ``index``
-    (evaluation: the centre view). Returns frames (T, 3, S, S), mmaps (T, s, s), flow
+    (evaluation: the centre view). Returns frames (T, 3, S, S) as uint8 (``transforms.normalize_frames``
+    or ``steps.to_device`` turn them into the model's normalised float input), mmaps (T, s, s), flow
     (K, 2*flow_stack, S, S) and label; K is 1 in training (a random start) and ``flow_segments``
     at evaluation (evenly spaced starts)."""
 
@@ -118,6 +120,8 @@ class ClipDataset(Dataset):
         self.with_flow = with_flow
         self.with_frames = with_frames
         self._decoded: OrderedDict[Path, object] = OrderedDict()  # LRU of decoded images (data.decoded_cache)
+        folder = packed.resolve(cfg.packed_cache)
+        self._packed = packed.PackedFrames(folder) if folder is not None else None
 
     def _load(self, path: Path, rgb: bool) -> object:
         """Decode an image (PIL RGB or gray uint8 array), through the per-process LRU when it is on."""
@@ -141,19 +145,28 @@ class ClipDataset(Dataset):
             return draw_view(np.random.default_rng([self.seed, key, idx]), width, height)
         return centre_view(width, height)
 
+    def _images(self, paths: list[Path], rgb: bool) -> list:
+        """Decoded frames (PIL RGB) or motion maps (gray uint8 arrays), from the packed cache when it is on."""
+        if self._packed is None:
+            return [self._load(p, rgb) for p in paths]
+        decode = (lambda p: np.asarray(layout.load_rgb(p))) if rgb else layout.load_gray
+        arr = self._packed.get(paths, "rgb" if rgb else "gray", decode)
+        return [Image.fromarray(a) for a in arr] if rgb else list(arr)
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         idx = item[0] if isinstance(item, tuple) else item
         clip = self.clips[idx]
         frames = layout.sample_indices(clip.num_frames, self.cfg.frames)
-        first = self._load(clip.rgb[frames[0]], True)
-        view = self.view_for(item, *first.size)
         size, s = self.cfg.image_size, self.cfg.image_size // 32
         out = {"label": torch.tensor(self.index[clip.label_name]), "index": torch.tensor(idx)}
         if self.with_frames:
-            images = [first] + [self._load(clip.rgb[i], True) for i in frames[1:]]
-            out["frames"] = torch.from_numpy(np.stack([rgb_tensor(im, view, size) for im in images]))
+            images = self._images([clip.rgb[i] for i in frames], True)
+            view = self.view_for(item, *images[0].size)
+            out["frames"] = torch.from_numpy(np.stack([rgb_tensor(im, view, size) for im in images]))  # uint8
+        else:
+            view = self.view_for(item, *self._load(clip.rgb[frames[0]], True).size)
         if self.with_mmaps:
-            maps = [self._load(layout.nearest_mmap(clip, i + 1, self.cfg.mmap_reach), False) for i in frames]
+            maps = self._images([layout.nearest_mmap(clip, i + 1, self.cfg.mmap_reach) for i in frames], False)
             out["mmaps"] = torch.from_numpy(np.stack([motion_target(m, view, s) for m in maps]))
         if self.with_flow:
             out["flow"] = torch.from_numpy(self._flow(clip, self.flow_starts(item, len(clip.flow_x)), view, size))
@@ -181,10 +194,15 @@ class ClipDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Shuffles with a generator seeded by ``(seed, key)`` and tags each index with ``key``."""
+    """Shuffles with a generator seeded by ``(seed, key)`` and tags each index with ``key``.
+    ``set_epoch(key)`` moves a loader on to the next epoch (PyTorch's DistributedSampler convention),
+    so one loader and its worker processes serve a whole stage."""
 
     def __init__(self, n: int, seed: int, key: int) -> None:
         self.n, self.seed, self.key = n, seed, key
+
+    def set_epoch(self, key: int) -> None:
+        self.key = key
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.key)
@@ -197,7 +215,9 @@ class EpochSampler(Sampler):
 def make_loader(
     ds: ClipDataset, batch_size: int, num_workers: int, epoch_key: int | None = None, drop_last: bool = False
 ) -> DataLoader:
-    """Training loader when ``epoch_key`` is given (shuffled, augmented), else evaluation order."""
+    """Training loader when ``epoch_key`` is given (shuffled, augmented; ``loader.sampler.set_epoch(k)``
+    for the next epoch), else evaluation order. Worker processes live as long as the loader (their
+    start-up and ``data.decoded_cache`` are paid once, not every epoch)."""
     sampler = None if epoch_key is None else EpochSampler(len(ds), ds.seed, epoch_key)
     return DataLoader(
         ds,
@@ -207,5 +227,5 @@ def make_loader(
         num_workers=num_workers,
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
+        persistent_workers=num_workers > 0,
     )

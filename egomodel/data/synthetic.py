@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from egomodel.data.layout import FLOW_X_DIR, FLOW_Y_DIR, FRAMES_DIR
+from egomodel.data.packed import cache_base
 
 GENERATOR_VERSION = 1
 FLOW_SCALE = 4  # flow image value = 128 + FLOW_SCALE * displacement in pixels, clipped to 0..255
@@ -349,8 +350,7 @@ def default_root(
         "users": users,
     }
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    env = os.environ.get("EGOMODEL_CACHE")
-    base = Path(cache_dir) if cache_dir else Path(env) if env else Path.home() / ".cache" / "egomodel"
+    base = Path(cache_dir) if cache_dir else cache_base()
     root = base / f"synthetic-{digest}"
     if (root / MARKER).is_file():
         return root

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 
 SCALES = (1.0, 0.875, 0.75, 0.65625)
@@ -49,12 +50,21 @@ def centre_view(width: int, height: int) -> View:
 
 
 def rgb_tensor(img: Image.Image, view: View, size: int) -> np.ndarray:
-    """Crop, resize to size x size, flip, ImageNet-normalise: (3, size, size) float32."""
-    out = img.crop(view.box).resize((size, size), Image.BILINEAR)
-    arr = (np.asarray(out, dtype=np.float32) / 255.0 - MEAN) / STD
+    """Crop, resize to size x size, flip: (3, size, size) uint8. The loader ships uint8 (a quarter of
+    float32's bytes) and :func:`normalize_frames` runs on the training device."""
+    arr = np.asarray(img.crop(view.box).resize((size, size), Image.BILINEAR), dtype=np.uint8)
     if view.flip:
         arr = arr[:, ::-1]
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def normalize_frames(x: torch.Tensor) -> torch.Tensor:
+    """uint8 frames (..., 3, H, W) -> ImageNet-normalised float32; float input is taken as normalised."""
+    if x.dtype != torch.uint8:
+        return x
+    mean = torch.as_tensor(MEAN, device=x.device).view(3, 1, 1)
+    std = torch.as_tensor(STD, device=x.device).view(3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
 
 
 def motion_target(gray: np.ndarray, view: View, s: int) -> np.ndarray:

@@ -1,38 +1,63 @@
-"""ConvLSTM cell as in Ego-RNN: eight separate 3x3 gate convolutions.
+"""ConvLSTM cell as in Ego-RNN: eight 3x3 gate convolutions (input->gate and hidden->gate for i, f, c, o).
 
-Separate convolutions measured 1.8x faster than one fused 1024->2048 conv on the 2-core CPU
-this project targets (DESIGN §7), so the gates stay separate.
+Two ways to run the same weights (``gates``), picked per device by measurement (``benchmarks.device``):
+
+- ``separate``: the eight convolutions one by one at every time step, as the authors' code does;
+- ``fused``: the four input convolutions as one 512->4*hidden convolution over all B*T frames at once
+  (the input does not depend on the recurrence), then one hidden->4*hidden convolution per step.
+
+Both read the same parameters, so a checkpoint does not depend on the mode it was trained in.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from egomodel.config import GATE_MODES
 
 GATES = ("i", "f", "c", "o")
+# what "auto" picks on each device type: the faster mode measured there (README, Performance)
+FASTER = {"cpu": "separate", "cuda": "fused"}
 
 
 class ConvLSTM(nn.Module):
-    def __init__(self, in_channels: int = 512, hidden: int = 512, kernel: int = 3) -> None:
+    def __init__(self, in_channels: int = 512, hidden: int = 512, kernel: int = 3, gates: str = "auto") -> None:
         super().__init__()
+        if gates not in GATE_MODES:
+            raise ValueError(f"ConvLSTM gates must be one of {GATE_MODES}, got {gates!r}")
         self.hidden = hidden
-        pad = kernel // 2
-        self.xx = nn.ModuleDict({g: nn.Conv2d(in_channels, hidden, kernel, padding=pad) for g in GATES})
-        self.hh = nn.ModuleDict({g: nn.Conv2d(hidden, hidden, kernel, padding=pad, bias=False) for g in GATES})
+        self.gates = gates
+        self.pad = kernel // 2
+        self.xx = nn.ModuleDict({g: nn.Conv2d(in_channels, hidden, kernel, padding=self.pad) for g in GATES})
+        self.hh = nn.ModuleDict({g: nn.Conv2d(hidden, hidden, kernel, padding=self.pad, bias=False) for g in GATES})
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_normal_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def mode(self, device: torch.device) -> str:
+        return FASTER.get(device.type, "separate") if self.gates == "auto" else self.gates
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, C, s, s) -> final hidden and cell states, each (B, hidden, s, s)."""
-        b, _, _, h, w = x.shape
+        b, steps, _, h, w = x.shape
         state = x.new_zeros(b, self.hidden, h, w)  # zero state on the input's device
         hid, cell = state, state
-        for t in range(x.shape[1]):
-            xt = x[:, t]
-            g = {k: self.xx[k](xt) + self.hh[k](hid) for k in GATES}
-            cell = torch.sigmoid(g["f"]) * cell + torch.sigmoid(g["i"]) * torch.tanh(g["c"])
-            hid = torch.sigmoid(g["o"]) * torch.tanh(cell)
+        fused = self.mode(x.device) == "fused"
+        if fused:
+            wx = torch.cat([self.xx[g].weight for g in GATES])
+            bx = torch.cat([self.xx[g].bias for g in GATES])
+            wh = torch.cat([self.hh[g].weight for g in GATES])
+            xg = F.conv2d(x.flatten(0, 1), wx, bx, padding=self.pad).unflatten(0, (b, steps))
+        for t in range(steps):
+            if fused:
+                i, f, c, o = (xg[:, t] + F.conv2d(hid, wh, padding=self.pad)).chunk(4, dim=1)
+            else:
+                xt = x[:, t]
+                i, f, c, o = (self.xx[k](xt) + self.hh[k](hid) for k in GATES)
+            cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(c)
+            hid = torch.sigmoid(o) * torch.tanh(cell)
         return hid, cell

@@ -1,0 +1,197 @@
+"""``python -m benchmarks.device --json OUT.json``: one trial's training on one device (a GPU when there is one).
+
+Plain PyTorch (needs egomodel only, not Ray/Optuna/MLflow), so it runs on a bare GPU machine. Measures:
+
+- the stage-2 step at batch ``--batch`` x 7 x 224: the authors' per-frame fp32 loop vs this project's
+  defaults (bf16 autocast, channels_last, the device's ConvLSTM gate mode): seconds, clips/s, peak memory;
+- peak memory of a stage-3 step (feedback variant) at the same batch: what one trial needs on the device;
+- ConvLSTM gates fused vs separate, alone and in the full step;
+- optional ``torch.compile`` of the model (compilation time and step time);
+- the data path: loader clips/s at 7 x 224 against the model's clips/s, and the data-wait fraction the
+  trainer reports in a short three-stage run at that scale.
+
+Each section is written to the JSON as soon as it is measured, so a cut-off run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.step import StepSetup, StepTiming, time_step
+from egomodel.model.convlstm import ConvLSTM
+from egomodel.steps import autocast, pick_device
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return f"{p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return f"{platform.processor() or platform.machine()} CPU, torch {torch.__version__}"
+
+
+def _timing(prefix: str, t: StepTiming, batch: int) -> dict[str, Any]:
+    out = {f"{prefix}_step_s": t.seconds, f"{prefix}_clips_per_s": t.clips_per_s(batch), f"{prefix}_warmup_s": t.warmup_s}
+    if t.peak_mem_gb is not None:
+        out[f"{prefix}_peak_mem_gb"] = t.peak_mem_gb
+    return out
+
+
+def time_gates(mode: str, batch: int, frames: int, reps: int, device: torch.device) -> float:
+    """Median seconds of the ConvLSTM alone (512 -> 512 at 7 x 7), forward and backward, at the default precision."""
+    torch.manual_seed(0)
+    cell = ConvLSTM(512, 512, gates=mode).to(device)
+    x = torch.randn(batch, frames, 512, 7, 7, device=device, requires_grad=True)
+    times = []
+    for _ in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with autocast(device, "auto"):
+            _, c = cell(x)
+        c.float().sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def loader_rate(data: Path, batch: int, workers: int, size: int, frames: int, batches: int, packed: str = "") -> float:
+    """Training clips/s the data loader delivers (decode or packed read, augment), nothing else running.
+    With ``packed`` set, one pass fills the cache first, so this is the warm rate of later epochs."""
+    from egomodel.config import from_dict
+    from egomodel.data.dataset import ClipDataset, load_bundle, make_loader
+
+    cfg = from_dict({}, {"data.root": str(data), "data.image_size": size, "data.frames": frames,
+                         "data.packed_cache": packed})
+    bundle = load_bundle(cfg.data, 0, need_mmaps=True)
+    ds = ClipDataset(bundle.train, bundle.classes, cfg.data, 0, with_mmaps=True)
+    loader = make_loader(ds, batch, workers, epoch_key=0)
+    if packed:
+        for _ in loader:
+            pass
+    n, t0 = 0, None
+    for epoch in range(1, 100):
+        loader.sampler.set_epoch(epoch)
+        for b in loader:
+            if t0 is None:  # the first batch pays the workers' start-up
+                t0 = time.perf_counter()
+                continue
+            n += b["frames"].shape[0]
+            if n >= batches * batch:
+                return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0)
+
+
+def short_training(data: Path, out: Path, device: torch.device, batch: int, workers: int, size: int,
+                   frames: int, packed: str) -> dict[str, Any]:
+    """Three stages of the feedback model at full image size (2/1/1 epochs): the trainer's own data-wait figure."""
+    from egomodel.config import from_dict
+    from egomodel.engine import train
+
+    cfg = from_dict({}, {
+        "data.root": str(data), "data.image_size": size, "data.frames": frames, "data.num_workers": workers,
+        "data.packed_cache": packed, "model.pretrained": "none", "train.device": device.type,
+        "train.epochs_scale": 0.005, "train.stage1.batch_size": batch, "train.stage2.batch_size": batch,
+        "train.stage3.batch_size": batch, "train.eval_batch_size": batch,
+    })
+    t0 = time.perf_counter()
+    metrics = train(cfg, out, evaluate_test=False, progress=False)
+    waits: dict[int, list[float]] = {}
+    for h in metrics["history"]:
+        waits.setdefault(h["stage"], []).append(h["data_wait_fraction"])
+    last = metrics["history"][-1]["data_wait_fraction"]
+    return {"short_training_s": time.perf_counter() - t0, "short_training_data_wait_fraction": metrics["data_wait_fraction"],
+            "short_training_last_epoch_data_wait": last,
+            **{f"short_training_stage{s}_data_wait": statistics.mean(w) for s, w in waits.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.device", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", required=True)
+    p.add_argument("--device", default="auto", help="auto (cuda when there is one), cuda or cpu")
+    p.add_argument("--batch", type=int, default=None, help="clips per step (default 32 on CUDA, 4 on CPU)")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--tiny", action="store_true", help="CI: 64 px, batch 2, 1 rep: checks that it runs")
+    p.add_argument("--workers", type=int, default=8, help="loader processes for the data-path figures")
+    p.add_argument("--skip", nargs="*", default=[], choices=["step", "memory", "gates", "compile", "data"])
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    size, frames = (64, 3) if args.tiny else (224, 7)
+    batch = args.batch or (2 if args.tiny else 32 if device.type == "cuda" else 4)
+    reps = 1 if args.tiny else args.reps
+    out: dict[str, Any] = {"device": describe(device), "batch": batch, "frames": frames, "size": size}
+    path = Path(args.json)
+
+    def section(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if name in args.skip:
+            return
+        t0 = time.perf_counter()
+        try:
+            out.update(fn())
+        except Exception as e:  # noqa: BLE001 - one failed section must not lose the others' figures
+            out[f"{name}_error"] = f"{type(e).__name__}: {e}"
+        print(f"[{name}] {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        path.write_text(json.dumps(out, indent=2))
+
+    ours = StepSetup(precision="auto", channels_last=True, gates="auto", batch=batch, frames=frames, size=size)
+    naive = StepSetup(naive=True, batch=batch, frames=frames, size=size)
+
+    def step() -> dict[str, Any]:
+        n, o = time_step(naive, reps, device), time_step(ours, reps, device)
+        return {**_timing("naive", n, batch), **_timing("ours", o, batch), "step_speedup_vs_naive": n.seconds / o.seconds,
+                "ours_gates": ConvLSTM(8, 8).mode(device)}
+
+    def memory() -> dict[str, Any]:
+        return _timing("stage3", time_step(replace(ours, stage=3), reps, device), batch)
+
+    def gates() -> dict[str, Any]:
+        sep = time_gates("separate", batch, frames, reps, device)
+        fus = time_gates("fused", batch, frames, reps, device)
+        step_sep = time_step(replace(ours, gates="separate"), reps, device).seconds
+        step_fus = time_step(replace(ours, gates="fused"), reps, device).seconds
+        return {"convlstm_separate_s": sep, "convlstm_fused_s": fus, "convlstm_fused_speedup": sep / fus,
+                "step_s_gates_separate": step_sep, "step_s_gates_fused": step_fus}
+
+    def compiled() -> dict[str, Any]:
+        t = time_step(replace(ours, compile=True), reps, device)
+        return {**_timing("compiled", t, batch), "compile_speedup": out.get("ours_step_s", float("nan")) / t.seconds}
+
+    def data() -> dict[str, Any]:
+        from egomodel.data.synthetic import generate
+
+        tmp = Path(tempfile.mkdtemp(prefix="egodevice-"))
+        clips = 2 if args.tiny else 12
+        root = generate(tmp / "data", classes=8, clips_per_class=clips, frames=frames + 3,
+                        size=(80, 64) if args.tiny else (320, 240), seed=0)
+        workers = 0 if args.tiny else args.workers
+        n = 2 if args.tiny else 12
+        decoded = loader_rate(root, batch, workers, size, frames, n)
+        packed = loader_rate(root, batch, workers, size, frames, n, packed=str(tmp / "packed"))
+        res = {"loader_clips_per_s_decoding": decoded, "loader_clips_per_s_packed": packed, "loader_workers": workers}
+        if "ours_clips_per_s" in out:
+            res["loader_over_model_rate"] = packed / out["ours_clips_per_s"]
+        # the trainer's own figure, with the packed cache filled in its first epoch
+        return {**res, **short_training(root, tmp / "run", device, batch, workers, size, frames, str(tmp / "packed2"))}
+
+    for name, fn in (("step", step), ("memory", memory), ("gates", gates), ("data", data), ("compile", compiled)):
+        section(name, fn)
+    width = max(len(k) for k in out)
+    for k, v in out.items():
+        print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The packed per-clip frame cache, uint8 frames normalised on the device, loaders that keep their workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from egomodel.config import DataConfig
+from egomodel.data import layout
+from egomodel.data.dataset import ClipDataset, make_loader
+from egomodel.data.transforms import MEAN, STD, normalize_frames
+
+
+def _ds(root, **kw):
+    clips = layout.scan(root)
+    cfg = DataConfig(root=str(root), frames=3, image_size=64, **kw)
+    return ClipDataset(clips, layout.class_names(clips), cfg, seed=0, with_mmaps=True)
+
+
+def _entries(folder):
+    return sorted(folder.rglob("*.npy"))
+
+
+def test_packed_cache_gives_the_decoded_clip_and_is_written_once(tiny_root, tmp_path):
+    plain, packed = _ds(tiny_root), _ds(tiny_root, packed_cache=str(tmp_path / "packed"))
+    for item in ((0, 3), 2, (5, 1)):
+        a, b = plain[item], packed[item]
+        assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["mmaps"], b["mmaps"])
+    entries = _entries(tmp_path / "packed")
+    assert len(entries) == 3 * 2  # frames and motion maps of clips 0, 2 and 5
+    stamps = [e.stat().st_mtime_ns for e in entries]
+    packed[(0, 9)]
+    assert [e.stat().st_mtime_ns for e in _entries(tmp_path / "packed")] == stamps  # read, not rewritten
+
+
+def test_packed_cache_sees_a_changed_frame_and_rewrites_a_corrupted_entry(tiny_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    folder = tmp_path / "packed"
+    ds = _ds(root, packed_cache=str(folder))
+    before = ds[0]["frames"]
+    for entry in _entries(folder):
+        entry.write_bytes(b"\x93NUMPY cut short")
+    assert torch.equal(ds[0]["frames"], before)  # a corrupted entry is decoded again
+    clip = ds.clips[0]
+    frame = clip.rgb[layout.sample_indices(clip.num_frames, 3)[0]]
+    Image.new("RGB", Image.open(frame).size, (255, 0, 0)).save(frame)
+    after = ds[0]["frames"]
+    assert not torch.equal(after, before)
+    assert torch.equal(after, _ds(root)[0]["frames"])  # the new file, not the stale entry
+
+
+def test_frames_travel_as_uint8_and_normalise_like_imagenet(tiny_root):
+    x = _ds(tiny_root)[(1, 1)]["frames"]
+    assert x.dtype == torch.uint8
+    y = normalize_frames(x)
+    expected = (x.numpy().astype(np.float32) / 255.0 - MEAN[:, None, None]) / STD[:, None, None]
+    assert y.dtype == torch.float32 and np.array_equal(y.numpy(), expected)
+    assert normalize_frames(y) is y  # already normalised input passes through
+
+
+def test_one_loader_serves_a_stage_with_the_same_batches_as_fresh_loaders(tiny_root):
+    ds = _ds(tiny_root)
+    loader = make_loader(ds, 4, 2, epoch_key=1)
+    assert loader.persistent_workers
+    for key in (1, 2, 3):
+        loader.sampler.set_epoch(key)
+        kept = [b["index"].tolist() + [b["frames"].sum().item()] for b in loader]
+        fresh = [b["index"].tolist() + [b["frames"].sum().item()] for b in make_loader(ds, 4, 0, epoch_key=key)]
+        assert kept == fresh
