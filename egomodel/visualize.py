@@ -235,10 +235,9 @@ def feedback_maps(
             fig.colorbar(im, ax=ax, fraction=0.046)
             ax.set_title(f"{name}, channel {c}", fontsize=8)
     for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.axis("off")
     fig.suptitle(title or "feedback branch: frame t-1's motion features modulate frame t", fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.94, bottom=0.01, top=0.93, wspace=0.35, hspace=0.3)  # tight_layout: +0.3 s
     return _save(fig, path)
 
 

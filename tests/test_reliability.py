@@ -236,6 +236,30 @@ def test_early_stopped_trial_is_killed_with_its_curves(tmp_path, space):
     assert artifact_paths(client, run.info.run_id) == {"plots/training_curves.png"}
 
 
+def test_replayed_epochs_of_a_retried_trial_are_logged_once(tmp_path, space):
+    """Trials hand Ray a checkpoint every ``checkpoint_interval_s``: a retry repeats the epochs after it.
+    MLflow keeps the first value of each, also when the driver itself restarted in between."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    cb, parent = new_callback(uri, space)
+    t = FakeTrial("t", tmp_path)
+    cb.on_trial_start(0, [], t)
+    run_trial_events(cb, t, range(1, 5))
+    t.fail()
+    cb.on_trial_recover(0, [], t)
+    replayed = [{**epoch_result(g), "train_loss": 9.0} for g in (3, 4)]  # from a checkpoint at epoch 2
+    for r in replayed:
+        cb.on_trial_result(0, [], t, r)
+    # the driver restarts (search --resume): a new callback finds the run and what it holds
+    cb2 = MlflowCallback(uri, parent, space, {"data.root": "/data", "train.seed": 0})
+    for g in (4, 5):
+        cb2.on_trial_result(0, [], t, {**epoch_result(g), "train_loss": 9.0 if g == 4 else epoch_result(g)["train_loss"]})
+    run_trial_events(cb2, t, range(6, 8), tmp_path)
+    client = mlflow.MlflowClient(uri)
+    rid = children(client, parent)["t"].info.run_id
+    assert steps(client, rid, "train_loss") == list(range(1, 8))
+    assert 9.0 not in {m.value for m in client.get_metric_history(rid, "train_loss")}
+
+
 # --------------------------------------------------------------------- MLflow server goes away
 def test_mlflow_server_killed_mid_search_nothing_lost(tmp_path, space, server, monkeypatch, capsys):
     """Buffer and retry: the server is SIGKILLed between trial results, the driver is restarted from

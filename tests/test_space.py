@@ -202,6 +202,9 @@ def mutate(path: str, value: Any = "__delete__") -> dict[str, Any]:
 P = "params"
 BAD = [
     # (space, a key the message must name)
+    (mutate("plots", "yes"), "plots"),
+    (mutate("checkpoint_interval_s", -1), "checkpoint_interval_s"),
+    (mutate("checkpoint_interval_s", "often"), "checkpoint_interval_s"),
     (mutate("paramz", {}), "paramz"),
     (mutate("params"), "params"),
     (mutate("params", {}), "params"),

@@ -43,6 +43,8 @@ TOP_KEYS = (
     "params",
     "points",
     "evaluate_test",
+    "checkpoint_interval_s",
+    "plots",
 )
 _FIELDS = {  # allowed fields of a param spec, per type
     "float": ("type", "low", "high", "log", "step", "when"),
@@ -52,6 +54,7 @@ _FIELDS = {  # allowed fields of a param spec, per type
 }
 _SCHEDULER_FIELDS = {"asha": ("type", "grace_period", "reduction_factor"), "fifo": ("type",)}
 _DEFAULT_RESOURCES = {"cpu": 1.0, "gpu": 0.0}
+DEFAULT_CHECKPOINT_INTERVAL_S = 300.0  # a retried trial repeats at most this much work
 _RESOURCE_PRECISION = 1e-4  # Ray rejects finer fractions
 
 
@@ -97,6 +100,9 @@ class SearchSpace:
     params: tuple[Param, ...]  # in dependency order: a condition's param comes before its dependants
     points: tuple[dict[str, Any], ...]  # dotted keys, subset values as lists (always + chosen)
     evaluate_test: bool = False  # trials also score the test users (a reproduction, not a selection)
+    # a trial hands Ray a resume checkpoint at most this often (and at its end); 0: after every epoch
+    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
+    plots: bool = True  # each finished trial draws its curves, CAMs and feedback maps (about 1.5 s on a CPU)
 
 
 # --- YAML -------------------------------------------------------------------------------------------------
@@ -574,9 +580,14 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
     max_concurrent = _int_at_least("max_concurrent", data.get("max_concurrent", 1), 1)
 
     evaluate_test = _bool("evaluate_test", data.get("evaluate_test", False))
+    interval = _number("checkpoint_interval_s", data.get("checkpoint_interval_s", DEFAULT_CHECKPOINT_INTERVAL_S))
+    if interval < 0:
+        raise SpaceError(f"checkpoint_interval_s: {interval} must be >= 0 (0: a checkpoint after every epoch)")
     _deep_check(base, params, points)
     return SearchSpace(
         evaluate_test=evaluate_test,
+        checkpoint_interval_s=float(interval),
+        plots=_bool("plots", data.get("plots", True)),
         name=name,
         path=path,
         text=text,

@@ -213,6 +213,7 @@ class MlflowCallback(Callback):
         self.space = space
         self.extra = extra  # data.root, train.seed: the same for every trial
         self._runs: dict[str, str] = {}
+        self._logged_epoch: dict[str, int] = {}  # per trial: the last global epoch whose metrics were logged
         self._pending: deque[Op] = deque()
         self._client: MlflowClient | None = None
         self._down_since: float | None = None
@@ -313,8 +314,13 @@ class MlflowCallback(Callback):
         rid = self._rid(op.target)
         if op.kind == "batch":
             metrics = [Metric(k, v, ts, step) for k, v, ts, step in p.get("metrics", ())]
+            epoch = p.get("epoch_step")
+            if epoch is not None and epoch <= self._logged_epoch.get(op.target, 0):
+                metrics = []  # a replayed epoch of a retried trial: logged the first time
             tags = [RunTag(k, v) for k, v in p.get("tags", {}).items()]
             self.client.log_batch(rid, metrics=metrics, tags=tags)
+            if epoch is not None:
+                self._logged_epoch[op.target] = max(epoch, self._logged_epoch.get(op.target, 0))
         elif op.kind == "terminate":
             self.client.set_terminated(rid, p["status"], end_time=p["end_time"])
         elif op.kind == "text":
@@ -340,6 +346,8 @@ class MlflowCallback(Callback):
                 max_results=1)
             if found:
                 self._runs[trial_id] = found[0].info.run_id
+                logged = self.client.get_metric_history(found[0].info.run_id, "stage")  # one point per epoch
+                self._logged_epoch[trial_id] = max((m.step for m in logged), default=0)
             else:
                 self._runs[trial_id] = self.client.create_run(
                     exp_id, start_time=p["start_time"], run_name=p["name"],
@@ -380,7 +388,9 @@ class MlflowCallback(Callback):
         tags = {}
         if result.get("stage_epoch") == 1:  # a stage boundary
             tags[f"stage{result['stage']}_start_epoch"] = str(step)
-        self._put(trial.trial_id, "batch", metrics=metrics, tags=tags)
+        # a retried trial repeats the epochs after its last checkpoint: _apply logs each epoch once
+        self._put(trial.trial_id, "batch", metrics=metrics, tags=tags,
+                  epoch_step=None if result.get("final") else step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ensure_run(trial)

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,22 @@ def _checkpoint_dir(ckdir: Path, stage: int, extra: Path | None = None) -> Path:
     return tmp
 
 
+def _local_is_newer(ckdir: Path, restored: tune.Checkpoint) -> bool:
+    """Whether this node still holds a later resume state (``last.pt``) than Ray's checkpoint: a retried
+    trial's dead attempt wrote one after every epoch, Ray got one every ``checkpoint_interval_s``."""
+    local = ckdir / ck.LAST
+    if not local.exists():
+        return False
+    with restored.as_directory() as d:
+        theirs = Path(d) / ck.LAST
+        if not theirs.exists():
+            return True
+        try:
+            return ck.load(local)["global_epoch"] > ck.load(theirs)["global_epoch"]
+        except ValueError:  # an unreadable local state is never preferred
+            return False
+
+
 def _plots(checkpoint: Path, out: Path, history: list | None) -> None:
     """The trial's pictures; a plotting failure is printed, never a failed trial."""
     from egomodel.visualize import model_plots
@@ -109,13 +126,14 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
     work = trial_dir / "work"
     ckdir = work / "checkpoints"
-    resume = False
     restored = tune.get_checkpoint()
-    if restored is not None:  # a retry after a failure, or a restored search
+    if restored is not None and not _local_is_newer(ckdir, restored):  # a retry, or a restored search
         restored.to_directory(str(ckdir))
-        resume = (ckdir / ck.LAST).exists()
+    # a retry on the same node resumes from its dead attempt's own last epoch when that is newer
+    resume = (ckdir / ck.LAST).exists()
     n_total = total_epochs(cfg)
     held: list[dict[str, Any]] = []
+    last_checkpoint = [time.monotonic()]  # Ray gets a resume checkpoint every checkpoint_interval_s
     fault = _fault_arm(trial_dir)
 
     def report(r: EpochReport) -> None:
@@ -127,14 +145,17 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             # ASHA stops a trial once it reports max_t: the last epoch goes out with the final summary
             held.append(metrics)
             return
-        if r.from_store and r.epoch < r.stage_epochs:  # replayed epochs: one checkpoint per stored stage
+        now = time.monotonic()
+        due = now - last_checkpoint[0] >= setup.space.checkpoint_interval_s
+        if not due or (r.from_store and r.epoch < r.stage_epochs):  # replayed: one checkpoint per stored stage
             tune.report(metrics)
-            return
-        folder = _checkpoint_dir(r.checkpoint_dir, r.stage)
-        try:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            folder = _checkpoint_dir(r.checkpoint_dir, r.stage)
+            try:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            last_checkpoint[0] = now
         fault(r.global_epoch)
 
     store = StageStore(setup.store_uri) if setup.store_uri else None
@@ -144,7 +165,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     final = train(cfg, work, callback=report, resume=resume, evaluate_test=setup.space.evaluate_test, progress=False,
                   store=store, owner=f"trial {trial_id}")
     last_stage = stage_plan(cfg.model.variant, cfg.train)[-1].number
-    _plots(ckdir / ck.best_name(last_stage), work / PLOTS, final.get("history"))
+    if setup.space.plots:
+        _plots(ckdir / ck.best_name(last_stage), work / PLOTS, final.get("history"))
     folder = _checkpoint_dir(ckdir, last_stage, extra=work)
     summary = {k: v for k, v in final.items() if k not in ("history", "classes")}
     (folder / "summary.json").write_text(json.dumps(summary))
