@@ -178,29 +178,37 @@ def _ray(*args: str) -> None:
     subprocess.run([str(Path(sys.executable).parent / "ray"), *args], check=True, capture_output=True, env=env)
 
 
-def two_nodes(tmp: Path, data: Path, trials: int) -> dict[str, Any]:
-    """Trials per hour on one Ray node (1 CPU) and on two nodes of this machine (1 CPU each)."""
+def two_nodes(tmp: Path, data: Path, trials: int, reps: int) -> dict[str, Any]:
+    """Trials per hour on one Ray node (1 CPU) and on two nodes of this machine (1 CPU each); the median
+    over ``reps`` fresh clusters of the per-repetition ratio."""
+    from ray.util import get_node_ip_address
+
     space = _space(tmp, "nodes", {"model.alpha": {"type": "float", "low": 0.5, "high": 2.0}}, trials, trials)
     port = "6391"
-    rates, walls = {}, {}
-    try:
-        from ray.util import get_node_ip_address
-
-        head = f"{get_node_ip_address()}:{port}"
-        _ray("start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard", "false")
-        for nodes in (1, 2):
-            if nodes == 2:
-                _ray("start", "--address", head, "--num-cpus", "1")
-            work = tmp / f"nodes{nodes}"
-            work.mkdir()
-            wall = _search(work, space, data, "--address", head, "--no-stage-store",
-                           "--storage", f"file://{work / 'ray_results'}")
-            rates[nodes] = trials / _trial_span(_rows(work / "ray_results" / "nodes")) * 3600
-            walls[nodes] = trials / wall * 3600
-    finally:
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
-    return {"two_node_speedup": rates[2] / rates[1], "trials_per_hour_1_node": rates[1],
-            "trials_per_hour_2_nodes": rates[2], "two_node_speedup_whole_command": walls[2] / walls[1]}
+    head = f"{get_node_ip_address()}:{port}"
+    ratios, whole, rates1, rates2 = [], [], [], []
+    for rep in range(reps):
+        rates, walls = {}, {}
+        try:
+            _ray("start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard", "false")
+            for nodes in (1, 2):
+                if nodes == 2:
+                    _ray("start", "--address", head, "--num-cpus", "1")
+                work = tmp / f"nodes{nodes}_{rep}"
+                work.mkdir()
+                wall = _search(work, space, data, "--address", head, "--no-stage-store",
+                               "--storage", f"file://{work / 'ray_results'}")
+                rates[nodes] = trials / _trial_span(_rows(work / "ray_results" / "nodes")) * 3600
+                walls[nodes] = trials / wall * 3600
+        finally:
+            subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+        ratios.append(rates[2] / rates[1])
+        whole.append(walls[2] / walls[1])
+        rates1.append(rates[1])
+        rates2.append(rates[2])
+    return {"two_node_speedup": statistics.median(ratios), "two_node_speedup_each": ratios,
+            "trials_per_hour_1_node": statistics.median(rates1), "trials_per_hour_2_nodes": statistics.median(rates2),
+            "two_node_speedup_whole_command": statistics.median(whole)}
 
 
 def _trial_span(rows: dict[str, list[dict[str, Any]]]) -> float:
@@ -241,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if "overhead" not in args.skip:
         out.update(tune_overhead(tmp, data, reps))
     if "nodes" not in args.skip:
-        out.update(two_nodes(tmp, data, 1 if args.tiny else 4))
+        # quick: one repetition of 4 trials per cluster size (three take 7 minutes); full: three of 6
+        out.update(two_nodes(tmp, data, 1 if args.tiny else 4 if args.quick else 6, 1 if args.tiny or args.quick else 3))
     Path(args.json).write_text(json.dumps(out, indent=2))
     width = max(len(k) for k in out)
     for k, v in out.items():

@@ -145,3 +145,32 @@ def test_stage1_with_the_cache_trains(tmp_path, tiny_root):
                     progress=False)
     stage1 = [h for h in metrics["history"] if h["stage"] == 1]
     assert stage1 and all(h["data_wait_fraction"] == 0.0 for h in stage1)
+
+
+def test_runtime_settings_reach_the_model(tmp_path, tiny_root, monkeypatch):
+    """``train.compile`` compiles the model in place (checkpoints keep their parameter names) and
+    ``train.convlstm_gates`` picks the ConvLSTM's mode; ``data.packed_cache`` fills its folder."""
+    from egomodel.model.convlstm import ConvLSTM
+
+    compiled, gates = [], []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    real_forward = ConvLSTM.forward
+
+    def spy(self, x):
+        gates.append(self.mode(x.device))
+        return real_forward(self, x)
+
+    monkeypatch.setattr(ConvLSTM, "forward", spy)
+    out = train(tiny_config(tiny_root, train__compile=True, train__convlstm_gates="fused",
+                            data__packed_cache=str(tmp_path / "packed")), tmp_path / "run", progress=False)
+    assert compiled == ["EgoRNN"] and set(gates) == {"fused"}
+    assert list(ck.load(tmp_path / "run" / "checkpoints" / ck.best_name(3))["model"]) == list(
+        build_model_state_keys(tiny_root))
+    assert any((tmp_path / "packed").rglob("*.npy"))
+    assert 0.0 <= out["val_top1"] <= 1.0
+
+
+def build_model_state_keys(root):
+    from egomodel.model import build_model
+
+    return build_model(tiny_config(root), 4).state_dict().keys()

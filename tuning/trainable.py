@@ -56,9 +56,10 @@ def total_epochs(cfg: Any) -> int:
 
 
 def _checkpoint_dir(ckdir: Path, stage: int, extra: Path | None = None) -> Path:
-    """Hard-link (or copy) the resume state into a fresh folder for ``tune.report``."""
+    """Hard-link (or copy) the resume state into a fresh folder for ``tune.report``; the final one
+    (``extra``: the finished run's files) has no resume state (``last.pt``), only results."""
     tmp = Path(tempfile.mkdtemp(prefix="egockpt-"))
-    names = [ck.LAST, ck.best_name(stage)]
+    names = [ck.best_name(stage)] if extra is not None else [ck.LAST, ck.best_name(stage)]
     for name in names:
         src = ckdir / name
         if src.exists():
