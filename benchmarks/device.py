@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.step import StepSetup, StepTiming, time_step
+from benchmarks.step import StepSetup, StepTiming, sync, time_step
 from egomodel.model.convlstm import ConvLSTM
 from egomodel.steps import autocast, pick_device
 
@@ -55,14 +55,12 @@ def time_gates(mode: str, batch: int, frames: int, reps: int, device: torch.devi
     x = torch.randn(batch, frames, 512, 7, 7, device=device, requires_grad=True)
     times = []
     for _ in range(reps + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         t0 = time.perf_counter()
         with autocast(device, "auto"):
             _, c = cell(x)
         c.float().sum().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
 

@@ -60,7 +60,7 @@ class StepTiming:
         return batch / self.seconds
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -84,7 +84,7 @@ def time_step(setup: StepSetup, reps: int, device: torch.device | str = "cpu") -
     mm = torch.rand(setup.batch, setup.frames, s // 32, s // 32, device=device)
 
     def step() -> float:
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         with autocast(device, "fp32" if setup.naive else setup.precision):
             if setup.naive:
@@ -96,7 +96,7 @@ def time_step(setup: StepSetup, reps: int, device: torch.device | str = "cpu") -
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0
 
     if device.type == "cuda":

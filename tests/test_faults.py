@@ -30,8 +30,10 @@ def _rows(trial_dir: Path) -> list[dict]:
 
 def test_worker_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path, tiny_root):
     """One trial (3/2/2 epochs); its worker SIGKILLs itself after the first optimiser step of global
-    epoch 5 (stage 2, epoch 2). Ray retries it from the epoch-4 checkpoint; MLflow keeps one run with
-    every epoch once, and the result equals an uninterrupted run of the same configuration."""
+    epoch 5 (stage 2, epoch 2). Ray retries it; the retry resumes from the epoch-4 state its dead
+    attempt left on the node (Ray's own checkpoint is older: one every checkpoint_interval_s); MLflow
+    keeps one run with every epoch once, and the result equals an uninterrupted run of the same
+    configuration."""
     space = write_space(tmp_path, num_samples=1, max_concurrent=1, scheduler={"type": "fifo"})
     proc = subprocess.run(search_cmd(space, tiny_root), cwd=tmp_path, env={**own_ray_env(), FAULT_KILL_ENV: "5"},
                           capture_output=True, text=True, timeout=900)

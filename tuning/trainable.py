@@ -1,7 +1,8 @@
 """The Ray Tune trainable: one trial = egomodel's stages for one sampled configuration.
 
 It only translates: Optuna's sample -> egomodel config, egomodel's per-epoch callback ->
-``ray.tune.report`` with a checkpoint, ``ray.tune.get_checkpoint()`` -> ``resume=True``.
+``ray.tune.report`` (with a resume checkpoint every ``checkpoint_interval_s``),
+``ray.tune.get_checkpoint()`` -> ``resume=True``.
 MLflow is written by the driver (see :mod:`tuning.tracking`), never from here.
 
 Fault injection (a hook for tests, never set in normal use): with ``EGOSEARCH_FAULT_KILL_AT_EPOCH=N``
