@@ -41,6 +41,7 @@ def test_tiny_table3_search_reports_eight_rows(tmp_path, tiny_root):
     space = yaml.safe_load((SPACES_DIR / "table3.yaml").read_text())
     space["base"].update(TINY_BASE)
     space["resources"] = {"cpu": 1, "gpu": 0}
+    space["plots"] = False  # a reproduction needs the table, not each trial's pictures
     path = tmp_path / "table3.yaml"
     path.write_text(yaml.safe_dump(space))
     proc = subprocess.run(search_cmd(path, tiny_root, "--num-samples", "8", "--max-concurrent", "2"), cwd=tmp_path,
@@ -62,6 +63,7 @@ def test_tiny_table3_search_reports_eight_rows(tmp_path, tiny_root):
     assert two.info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(two.info.run_id)}
     assert {"confusion_test.png", "per_class_test.csv", "confusion_val.png"} <= logged, logged
+    assert "plots" not in logged  # the space's plots: false
     local = Path(client.download_artifacts(parent.info.run_id, "report", str(tmp_path / "dl")))
     with open(local / "table3.csv") as f:
         rows = list(csv.DictReader(f))
