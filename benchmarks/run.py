@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if "overhead" not in args.skip:
         out.update(tune_overhead(tmp, data, reps))
     if "nodes" not in args.skip:
-        # quick: one repetition of 4 trials per cluster size (three take 7 minutes); full: three of 6
-        out.update(two_nodes(tmp, data, 1 if args.tiny else 4 if args.quick else 6, 1 if args.tiny or args.quick else 3))
+        # three fresh clusters per figure: quick with 2 trials per cluster size, full with 6
+        out.update(two_nodes(tmp, data, 1 if args.tiny else 2 if args.quick else 6, 1 if args.tiny else 3))
     Path(args.json).write_text(json.dumps(out, indent=2))
     width = max(len(k) for k in out)
     for k, v in out.items():
