@@ -42,7 +42,8 @@ def describe(device: torch.device) -> str:
 
 
 def _timing(prefix: str, t: StepTiming, batch: int) -> dict[str, Any]:
-    out = {f"{prefix}_step_s": t.seconds, f"{prefix}_clips_per_s": t.clips_per_s(batch), f"{prefix}_warmup_s": t.warmup_s}
+    out = {f"{prefix}_step_s": t.seconds, f"{prefix}_clips_per_s": t.clips_per_s(batch),
+           f"{prefix}_warmup_s": t.warmup_s}
     if t.peak_mem_gb is not None:
         out[f"{prefix}_peak_mem_gb"] = t.peak_mem_gb
     return out
@@ -110,7 +111,8 @@ def short_training(data: Path, out: Path, device: torch.device, batch: int, work
     for h in metrics["history"]:
         waits.setdefault(h["stage"], []).append(h["data_wait_fraction"])
     last = metrics["history"][-1]["data_wait_fraction"]
-    return {"short_training_s": time.perf_counter() - t0, "short_training_data_wait_fraction": metrics["data_wait_fraction"],
+    return {"short_training_s": time.perf_counter() - t0,
+            "short_training_data_wait_fraction": metrics["data_wait_fraction"],
             "short_training_last_epoch_data_wait": last,
             **{f"short_training_stage{s}_data_wait": statistics.mean(w) for s, w in waits.items()}}
 
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def step() -> dict[str, Any]:
         n, o = time_step(naive, reps, device), time_step(ours, reps, device)
-        return {**_timing("naive", n, batch), **_timing("ours", o, batch), "step_speedup_vs_naive": n.seconds / o.seconds,
+        return {**_timing("naive", n, batch), **_timing("ours", o, batch),
+                "step_speedup_vs_naive": n.seconds / o.seconds,
                 "ours_gates": ConvLSTM(8, 8).mode(device)}
 
     def memory() -> dict[str, Any]:

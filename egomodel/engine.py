@@ -38,7 +38,8 @@ from egomodel.stages import Stage, apply_stage, stage_plan
 from egomodel.steps import evaluate, pick_device, train_epoch
 
 # keys that may differ between a run and its resume without changing the result
-RESUME_FREE_KEYS = {"data.num_workers", "data.root", "data.decoded_cache", "data.packed_cache", "train.device", "model.flow_checkpoint", "model.rgb_checkpoint"}
+RESUME_FREE_KEYS = {"data.num_workers", "data.root", "data.decoded_cache", "data.packed_cache", "train.device",
+                    "model.flow_checkpoint", "model.rgb_checkpoint"}
 # blocks before (or in) the MS head: if none trains, the MS loss cannot change anything
 MS_UPSTREAM = {"conv1", "layer1", "layer2", "layer3", "layer4", "ms_head", "feedback"}
 CACHEABLE = {"convlstm", "classifier"}  # stages training only these can use the stage-1 feature cache
