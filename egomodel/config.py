@@ -47,6 +47,7 @@ class DataConfig:
     mmap_reach: int = 5  # how far to look for the nearest existing motion map
     decoded_cache: int = 0  # decoded images kept in memory per loader process (0: decode every read)
     packed_cache: str = ""  # per-clip decoded frames on disk: "" off, "auto" ($EGOMODEL_CACHE/packed) or a folder
+    device_clips: bool = False  # training clips held on the training device, augmented there (RGB variants)
     flow_stack: int = 5  # flow variants: consecutive warp-flow x/y frames per input (2 * flow_stack channels)
     flow_segments: int = 5  # flow variants: stacks averaged at evaluation, evenly over the clip
 
@@ -224,6 +225,9 @@ def validate(cfg: Config) -> Config:
     _check_choice("train.device", t.device, DEVICES)
     _check_choice("train.precision", t.precision, PRECISIONS)
     _check_choice("train.convlstm_gates", t.convlstm_gates, GATE_MODES)
+    if d.device_clips and m.variant not in RGB_VARIANTS:
+        raise ConfigError(f"data.device_clips: the {m.variant} variant reads flow, which stays with the loader; "
+                          f"only {', '.join(RGB_VARIANTS)} can hold their clips on the device")
     if not 0.0 <= m.tau <= 1.0:
         raise ConfigError(f"model.tau: {m.tau} is outside [0, 1]")
     if m.alpha < 0:

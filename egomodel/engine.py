@@ -27,6 +27,7 @@ from tqdm import tqdm
 from egomodel import checkpoint as ck
 from egomodel.config import Config, ConfigError, dump, flatten, from_dict
 from egomodel.data.dataset import ClipDataset, DataBundle, load_bundle, make_loader
+from egomodel.data.device_clips import DeviceClips
 from egomodel.data.transforms import normalize_frames
 from egomodel.feature_cache import FeatureCache, evaluate_cached, train_cached_epoch
 from egomodel.model import EgoRNN, StagedModel, TwoStream, build_model
@@ -203,6 +204,7 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, dict[str, float]] = field(default_factory=dict)
     from_store: list[dict[str, Any]] = field(default_factory=list)
+    device_clips: DeviceClips | None = None
 
     @property
     def ckdir(self) -> Path:
@@ -234,7 +236,7 @@ class _Run:
                                              cfg.train.precision)
             else:
                 if loader is None:
-                    loader = make_loader(self.train_ds, stage.batch_size, cfg.data.num_workers, epoch_key=g)
+                    loader = self.train_loader(stage.batch_size, g)
                 loader.sampler.set_epoch(g)
                 metrics = train_epoch(model, loader, opt, cfg, device, desc, self.progress, ms_on)
             sched.step()
@@ -258,6 +260,14 @@ class _Run:
                        f"val {metrics.get('val_top1', float('nan')):.3f} wait {metrics['data_wait_fraction']:.1%}")
             if self.callback is not None:
                 self.callback(EpochReport(stage.number, epoch, g, stage.epochs, metrics, is_best, self.ckdir))
+
+    def train_loader(self, batch_size: int, epoch_key: int) -> Any:
+        """A stage's training loader: loader processes, or (``data.device_clips``) clips on the device."""
+        if not self.cfg.data.device_clips:
+            return make_loader(self.train_ds, batch_size, self.cfg.data.num_workers, epoch_key=epoch_key)
+        if self.device_clips is None:  # loaded once, for every stage of the run
+            self.device_clips = DeviceClips(self.train_ds, self.device, self.progress)
+        return self.device_clips.loader(batch_size, epoch_key)
 
     def payload(self, stage: Stage, epoch: int, g: int) -> dict[str, Any]:
         return {

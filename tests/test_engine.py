@@ -149,7 +149,8 @@ def test_stage1_with_the_cache_trains(tmp_path, tiny_root):
 
 def test_runtime_settings_reach_the_model(tmp_path, tiny_root, monkeypatch):
     """``train.compile`` compiles the model in place (checkpoints keep their parameter names) and
-    ``train.convlstm_gates`` picks the ConvLSTM's mode; ``data.packed_cache`` fills its folder."""
+    ``train.convlstm_gates`` picks the ConvLSTM's mode; ``data.packed_cache`` fills its folder;
+    ``data.device_clips`` trains from clips held on the device (here the CPU)."""
     from egomodel.model.convlstm import ConvLSTM
 
     compiled, gates = [], []
@@ -161,13 +162,14 @@ def test_runtime_settings_reach_the_model(tmp_path, tiny_root, monkeypatch):
         return real_forward(self, x)
 
     monkeypatch.setattr(ConvLSTM, "forward", spy)
-    out = train(tiny_config(tiny_root, train__compile=True, train__convlstm_gates="fused",
+    out = train(tiny_config(tiny_root, train__compile=True, train__convlstm_gates="fused", data__device_clips=True,
                             data__packed_cache=str(tmp_path / "packed")), tmp_path / "run", progress=False)
     assert compiled == ["EgoRNN"] and set(gates) == {"fused"}
     assert list(ck.load(tmp_path / "run" / "checkpoints" / ck.best_name(3))["model"]) == list(
         build_model_state_keys(tiny_root))
     assert any((tmp_path / "packed").rglob("*.npy"))
     assert 0.0 <= out["val_top1"] <= 1.0
+    assert {h["stage"] for h in out["history"]} == {1, 2, 3} and all(h["train_loss"] > 0 for h in out["history"])
 
 
 def build_model_state_keys(root):

@@ -71,3 +71,31 @@ def test_one_loader_serves_a_stage_with_the_same_batches_as_fresh_loaders(tiny_r
         kept = [b["index"].tolist() + [b["frames"].sum().item()] for b in loader]
         fresh = [b["index"].tolist() + [b["frames"].sum().item()] for b in make_loader(ds, 4, 0, epoch_key=key)]
         assert kept == fresh
+
+
+def test_device_clips_give_the_loaders_views_and_targets(tiny_root):
+    """``data.device_clips``: same clip order, crops, flips, labels and motion-map targets as the loader;
+    pixels within a grey level or two (PyTorch's antialiased bilinear resize vs Pillow's)."""
+    from egomodel.data.device_clips import DeviceClips
+
+    ds = _ds(tiny_root)
+    clips = DeviceClips(ds, torch.device("cpu"), progress=False)
+    assert clips.frames.dtype == torch.uint8 and clips.frames.shape[:2] == (len(ds), 3)
+    for key in (1, 2):
+        loader = clips.loader(4, key)
+        cpu = make_loader(ds, 4, 0, epoch_key=key)
+        assert len(loader) == len(cpu)
+        for ours, theirs in zip(loader, cpu):
+            assert torch.equal(ours["index"], theirs["index"]) and torch.equal(ours["label"], theirs["label"])
+            levels = (ours["frames"] - normalize_frames(theirs["frames"])) * torch.tensor(STD).view(3, 1, 1) * 255
+            assert levels.abs().max() <= 2.01 and levels.abs().mean() < 0.5
+            assert torch.allclose(ours["mmaps"], theirs["mmaps"], atol=1e-4)
+
+
+def test_device_clips_only_for_rgb_variants(tiny_root):
+    import pytest
+
+    from egomodel.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.device_clips"):
+        load_config(None, ["data.device_clips=true", "model.variant=flow"])

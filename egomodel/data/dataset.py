@@ -153,20 +153,32 @@ class ClipDataset(Dataset):
         arr = self._packed.get(paths, "rgb" if rgb else "gray", decode)
         return [Image.fromarray(a) for a in arr] if rgb else list(arr)
 
+    def decoded(self, idx: int) -> tuple[list, list | None]:
+        """Clip ``idx``'s sampled frames (PIL RGB) and, with ``with_mmaps``, their motion maps (gray
+        uint8 arrays), before any augmentation."""
+        clip = self.clips[idx]
+        frames = layout.sample_indices(clip.num_frames, self.cfg.frames)
+        return self._images([clip.rgb[i] for i in frames], True), self._maps(clip, frames)
+
+    def _maps(self, clip: Clip, frames: list[int]) -> list | None:
+        if not self.with_mmaps:
+            return None
+        return self._images([layout.nearest_mmap(clip, i + 1, self.cfg.mmap_reach) for i in frames], False)
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         idx = item[0] if isinstance(item, tuple) else item
         clip = self.clips[idx]
-        frames = layout.sample_indices(clip.num_frames, self.cfg.frames)
         size, s = self.cfg.image_size, self.cfg.image_size // 32
         out = {"label": torch.tensor(self.index[clip.label_name]), "index": torch.tensor(idx)}
         if self.with_frames:
-            images = self._images([clip.rgb[i] for i in frames], True)
+            images, maps = self.decoded(idx)
             view = self.view_for(item, *images[0].size)
             out["frames"] = torch.from_numpy(np.stack([rgb_tensor(im, view, size) for im in images]))  # uint8
         else:
+            frames = layout.sample_indices(clip.num_frames, self.cfg.frames)
             view = self.view_for(item, *self._load(clip.rgb[frames[0]], True).size)
-        if self.with_mmaps:
-            maps = self._images([layout.nearest_mmap(clip, i + 1, self.cfg.mmap_reach) for i in frames], False)
+            maps = self._maps(clip, frames)
+        if maps is not None:
             out["mmaps"] = torch.from_numpy(np.stack([motion_target(m, view, s) for m in maps]))
         if self.with_flow:
             out["flow"] = torch.from_numpy(self._flow(clip, self.flow_starts(item, len(clip.flow_x)), view, size))
