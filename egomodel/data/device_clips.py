@@ -69,29 +69,38 @@ class DeviceClips:
     def nbytes(self) -> int:
         return self.frames.numel() + (self.maps.numel() if self.maps is not None else 0)
 
-    def _clip(self, idx: int, view: View) -> tuple[torch.Tensor, torch.Tensor | None]:
-        size = self.ds.cfg.image_size
-        top, left, side = view.top, view.left, view.side
-        crop = self.frames[idx, :, top:top + side, left:left + side].permute(0, 3, 1, 2).float()
-        x = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = x.round().clamp(0, 255).to(torch.uint8)  # Pillow's resize returns uint8 too
-        mm = None
-        if self.maps is not None:
-            w = torch.from_numpy(_box_weights(side, size // 32)).to(self.device)
-            frac = self.maps[idx, :, top:top + side, left:left + side].float() / 255.0
-            mm = (w @ frac @ w.T).clamp(0.0, 1.0)
-        if view.flip:
-            x, mm = x.flip(-1), (mm.flip(-1) if mm is not None else None)
-        return x, mm
-
     def batch(self, items: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """Training batch for ``(clip, epoch key)`` items. Clips are grouped by crop side (the four
+        scales), so a batch costs a handful of kernel launches per group, not per clip."""
+        dev = self.device
         idx = [i for i, _ in items]
-        clips = [self._clip(i, self.ds.view_for(item, self.width, self.height)) for i, item in zip(idx, items)]
-        out = {"frames": normalize_frames(torch.stack([c[0] for c in clips])),
-               "label": self.labels[idx], "index": torch.tensor(idx, device=self.device)}
-        if self.maps is not None:
-            out["mmaps"] = torch.stack([c[1] for c in clips])
+        views = [self.ds.view_for(item, self.width, self.height) for item in items]
+        size = self.ds.cfg.image_size
+        b, t = len(items), self.frames.shape[1]
+        frames = torch.empty(b, t, 3, size, size, dtype=torch.uint8, device=dev)
+        maps = torch.empty(b, t, size // 32, size // 32, device=dev) if self.maps is not None else None
+        for side in sorted({v.side for v in views}):
+            pos = [k for k, v in enumerate(views) if v.side == side]
+            flip = torch.tensor([views[k].flip for k in pos], device=dev).view(-1, 1, 1, 1)
+            where = torch.tensor(pos, device=dev)
+            crops = self._crops(self.frames, [idx[k] for k in pos], [views[k] for k in pos])  # (G, T, side, side, 3)
+            x = crops.flatten(0, 1).permute(0, 3, 1, 2).float()
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            x = x.round_().clamp_(0, 255).to(torch.uint8).unflatten(0, (len(pos), t))  # Pillow returns uint8 too
+            frames[where] = torch.where(flip[..., None], x.flip(-1), x)
+            if maps is not None:
+                w = torch.from_numpy(_box_weights(side, size // 32)).to(dev)
+                frac = self._crops(self.maps, [idx[k] for k in pos], [views[k] for k in pos]).float() / 255.0
+                mm = (w @ frac @ w.T).clamp_(0.0, 1.0)
+                maps[where] = torch.where(flip, mm.flip(-1), mm)
+        out = {"frames": normalize_frames(frames), "label": self.labels[idx], "index": torch.tensor(idx, device=dev)}
+        if maps is not None:
+            out["mmaps"] = maps
         return out
+
+    @staticmethod
+    def _crops(store: torch.Tensor, idx: list[int], views: list[View]) -> torch.Tensor:
+        return torch.stack([store[i, :, v.top:v.top + v.side, v.left:v.left + v.side] for i, v in zip(idx, views)])
 
     def loader(self, batch_size: int, epoch_key: int) -> DeviceLoader:
         return DeviceLoader(self, batch_size, epoch_key)
