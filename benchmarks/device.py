@@ -102,7 +102,8 @@ def short_training(data: Path, out: Path, device: torch.device, batch: int, work
 
     cfg = from_dict({}, {
         "data.root": str(data), "data.image_size": size, "data.frames": frames, "data.num_workers": workers,
-        "data.packed_cache": packed, "data.device_clips": device_clips, "model.pretrained": "none", "train.device": device.type,
+        "data.packed_cache": packed, "data.device_clips": device_clips, "model.pretrained": "none",
+        "train.device": device.type,
         "train.epochs_scale": 0.005, "train.stage1.batch_size": batch, "train.stage2.batch_size": batch,
         "train.stage3.batch_size": batch, "train.eval_batch_size": batch,
     })

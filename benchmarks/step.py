@@ -104,7 +104,7 @@ def time_step(setup: StepSetup, reps: int, device: torch.device | str = "cpu") -
     warm = step()
     times = [step() for _ in range(reps)]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    del model, opt
+    model = opt = None  # free the device memory before the next setup is timed
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return StepTiming(statistics.median(times), warm, peak)
