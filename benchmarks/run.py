@@ -186,7 +186,7 @@ def two_nodes(tmp: Path, data: Path, trials: int, reps: int) -> dict[str, Any]:
     space = _space(tmp, "nodes", {"model.alpha": {"type": "float", "low": 0.5, "high": 2.0}}, trials, trials)
     port = "6391"
     head = f"{get_node_ip_address()}:{port}"
-    ratios, whole, rates1, rates2 = [], [], [], []
+    ratios, whole, rates1, rates2, trial_s = [], [], [], [], {1: [], 2: []}
     for rep in range(reps):
         rates, walls = {}, {}
         try:
@@ -198,7 +198,9 @@ def two_nodes(tmp: Path, data: Path, trials: int, reps: int) -> dict[str, Any]:
                 work.mkdir()
                 wall = _search(work, space, data, "--address", head, "--no-stage-store",
                                "--storage", f"file://{work / 'ray_results'}")
-                rates[nodes] = trials / _trial_span(_rows(work / "ray_results" / "nodes")) * 3600
+                rows = _rows(work / "ray_results" / "nodes")
+                rates[nodes] = trials / _trial_span(rows) * 3600
+                trial_s[nodes] += [r[-1]["time_total_s"] for r in rows.values() if r]
                 walls[nodes] = trials / wall * 3600
         finally:
             subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
@@ -208,7 +210,9 @@ def two_nodes(tmp: Path, data: Path, trials: int, reps: int) -> dict[str, Any]:
         rates2.append(rates[2])
     return {"two_node_speedup": statistics.median(ratios), "two_node_speedup_each": ratios,
             "trials_per_hour_1_node": statistics.median(rates1), "trials_per_hour_2_nodes": statistics.median(rates2),
-            "two_node_speedup_whole_command": statistics.median(whole)}
+            "two_node_speedup_whole_command": statistics.median(whole),
+            # a trial's own run time alone on a node vs beside another trial on this machine's other core
+            "trial_s_1_node": statistics.median(trial_s[1]), "trial_s_2_nodes": statistics.median(trial_s[2])}
 
 
 def _trial_span(rows: dict[str, list[dict[str, Any]]]) -> float:
