@@ -30,10 +30,9 @@ def write_per_class(cm: np.ndarray, classes: list[str], path: Path) -> Path:
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
-    import matplotlib
+    from egomodel.mosaic import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(classes)
     size = max(4.0, 0.28 * n + 2)

@@ -25,22 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from egomodel.data.transforms import MEAN, STD, normalize_frames
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from egomodel.mosaic import Layout, colorize, fit, grid_figure, pyplot
 
 
 def _save(fig: Any, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -60,7 +52,7 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: 
     rows = [r for r in history if isinstance(r, dict) and "global_epoch" in r]
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     x = np.array([r["global_epoch"] for r in rows])
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, what in zip(axes, ("loss", "top1")):
@@ -89,8 +81,9 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: 
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
     if title:
-        fig.suptitle(title, y=1.06)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10)
+    # fixed margins: tight_layout measured every tick label again, a third of a trial's picture time
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.13, top=0.84, wspace=0.18)
     return _save(fig, path)
 
 
@@ -113,27 +106,22 @@ def cam_overlays(
     cams = F.interpolate(out.cams.float().flatten(0, 1)[:, None], size=(h, w), mode="bilinear",
                          align_corners=False)[:, 0].unflatten(0, (b, t))
     probs = torch.softmax(out.logits.float(), 1)
-    plt = _plt()
-    cell = 1.9
-    fig, axes = plt.subplots(b, t, figsize=(cell * t, cell * b + 0.3), squeeze=False)
+    layout = Layout(rows=b, cols=t, cell=min(150, max(h, w, 110)), left=150)
+    panels, titles, labels_out = [], [], []
     for i in range(b):
         pred = int(probs[i].argmax())
-        ok = pred == int(labels[i])
+        row = []
         for j in range(t):
-            ax = axes[i, j]
             cam = cams[i, j].cpu().numpy()
             cam = (cam - cam.min()) / max(float(cam.max() - cam.min()), 1e-12)
-            ax.imshow(to_image(frames[i, j]))
-            ax.imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"frame {j + 1}", fontsize=8)
-        axes[i, 0].set_ylabel(
-            f"true {classes[int(labels[i])]}\npred {classes[pred]} ({float(probs[i, pred]):.2f})",
-            fontsize=7, color="green" if ok else "red")
-    fig.suptitle("class-activation maps (Ego-RNN attention), bilinear upsampling", fontsize=9)
-    fig.tight_layout()
+            blend = (1 - alpha) * to_image(frames[i, j]) + alpha * colorize(cam, "jet", 0.0, 1.0)
+            row.append(fit(blend, layout.cell))
+        panels.append(row)
+        titles.append([f"frame {j + 1}" for j in range(t)] if i == 0 else [])
+        labels_out.append((f"true {classes[int(labels[i])]}\npred {classes[pred]} ({float(probs[i, pred]):.2f})",
+                           "green" if pred == int(labels[i]) else "red"))
+    fig = grid_figure(panels, titles, layout, "class-activation maps (Ego-RNN attention), bilinear upsampling",
+                      labels_out)
     return _save(fig, path)
 
 
@@ -203,41 +191,34 @@ def feedback_maps(
     t = max(1, min(t if t is not None else max(1, clip.shape[0] // 2), len(records)))
     rec = records[t - 1]
     chans = _top_channels(rec, channels)
-    plt = _plt()
-    cols = ["before (F)", "β", "γ", "after (β⊙F+γ)", "after − before"]
-    fig, axes = plt.subplots(len(chans) + 1, 5, figsize=(13, 2.3 * (len(chans) + 1)), squeeze=False)
-    axes[0, 0].imshow(to_image(clip[t]))
-    axes[0, 0].set_title(f"frame {t + 1}", fontsize=8)
-    axes[0, 1].imshow(to_image(clip[t - 1]))
-    axes[0, 1].set_title(f"frame {t} (feeds back)", fontsize=8)
-    im = axes[0, 2].imshow(rec["conv100"].mean(0).cpu().numpy(), cmap="viridis")
-    axes[0, 2].set_title(f"frame {t} Conv100, mean of {rec['conv100'].shape[0]}", fontsize=8)
-    fig.colorbar(im, ax=axes[0, 2], fraction=0.046)
+    layout = Layout(rows=len(chans) + 1, cols=5, cell=150, title=28)
     b, g = rec["beta"], rec["gamma"]
-    axes[0, 4].axis("off")
-    axes[0, 3].axis("off")
-    axes[0, 3].text(0, 0.5, f"β: mean {float(b.mean()):.3f}, min {float(b.min()):.3f}, max {float(b.max()):.3f}\n"
-                    f"γ: mean {float(g.mean()):.3f}, min {float(g.min()):.3f}, max {float(g.max()):.3f}\n"
-                    f"features {tuple(rec['before'].shape)}", fontsize=8, va="center")
-    for r, c in enumerate(chans, start=1):
-        diff = rec["after"] - rec["before"]
+    conv = rec["conv100"].mean(0).cpu().numpy()
+    panels = [[fit(to_image(clip[t]), layout.cell), fit(to_image(clip[t - 1]), layout.cell),
+               fit(colorize(conv, "viridis", float(conv.min()), float(conv.max())), layout.cell, smooth=False)]]
+    titles = [[f"frame {t + 1}", f"frame {t} (feeds back)",
+               f"frame {t} Conv100, mean of {rec['conv100'].shape[0]}\n[{conv.min():.3g}, {conv.max():.3g}]",
+               f"β: mean {float(b.mean()):.3f}, [{float(b.min()):.3f}, {float(b.max()):.3f}]\n"
+               f"γ: mean {float(g.mean()):.3f}, [{float(g.min()):.3f}, {float(g.max()):.3f}]",
+               f"features {tuple(rec['before'].shape)}"]]
+    cols = ["before (F)", "β", "γ", "after (β⊙F+γ)", "after − before"]
+    diff = rec["after"] - rec["before"]
+    for c in chans:
+        row, names = [], []
         for k, (name, tensor) in enumerate(zip(cols, (rec["before"], b, g, rec["after"], diff))):
-            ax = axes[r, k]
             img = tensor[c].cpu().numpy()
-            if k in (1, 2, 4):  # diverging around the identity (β = 1, γ = 0, no change)
+            if k in (1, 2, 4):  # diverging around the identity (β = 1, γ = 0, no change): white is no effect
                 centre = 1.0 if k == 1 else 0.0
                 half = max(float(np.abs(img - centre).max()), 1e-6)
-                im = ax.imshow(img, cmap="RdBu_r", vmin=centre - half, vmax=centre + half)
-            else:
+                lo, hi, cmap = centre - half, centre + half, "RdBu_r"
+            else:  # before and after on one grey scale
                 lo = float(min(rec["before"][c].min(), rec["after"][c].min()))
-                hi = float(max(rec["before"][c].max(), rec["after"][c].max()))
-                im = ax.imshow(img, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6))
-            fig.colorbar(im, ax=ax, fraction=0.046)
-            ax.set_title(f"{name}, channel {c}", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(title or "feedback branch: frame t-1's motion features modulate frame t", fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.94, bottom=0.01, top=0.93, wspace=0.35, hspace=0.3)  # tight_layout: +0.3 s
+                hi, cmap = max(float(max(rec["before"][c].max(), rec["after"][c].max())), lo + 1e-6), "gray"
+            row.append(fit(colorize(img, cmap, lo, hi), layout.cell, smooth=False))
+            names.append(f"{name}, channel {c}\n{cmap.split('_')[0]} [{lo:.3g}, {hi:.3g}]")
+        panels.append(row)
+        titles.append(names)
+    fig = grid_figure(panels, titles, layout, title or "feedback branch: frame t-1's motion features modulate frame t")
     return _save(fig, path)
 
 

@@ -209,3 +209,29 @@ def test_trials_csv_has_every_trial(tmp_path):
     assert rows["t0"]["optuna_state"] == "COMPLETE" and rows["t1"]["optuna_state"] == "FAIL"
     assert rows["t1"]["error"] == "FloatingPointError: nan" and rows["t1"]["model.alpha"] == "2.0"
     assert {"run_id", "status", "model.tau", "train.stage3.lr"} <= set(rows["t0"])
+
+
+def test_grid_pictures_are_pasted_one_to_one(tmp_path):
+    """The CAM and feedback grids are one pasted picture: each panel lands, unresampled, where the layout says."""
+    from egomodel.mosaic import Layout, colorize, grid_figure, paste
+
+    layout = Layout(rows=2, cols=3, cell=40, left=30)
+    red, blue = np.zeros((40, 40, 3), np.float32), np.zeros((40, 40, 3), np.float32)
+    red[..., 0], blue[..., 2] = 1.0, 1.0
+    panels = [[red, None, blue], [None, blue, red]]
+    pic = paste(panels, layout)
+    assert pic.shape == (*layout.size, 3)
+    y, x = layout.origin(1, 1)
+    assert np.array_equal(pic[y:y + 40, x:x + 40], blue)
+    assert (pic[:layout.top] == 1.0).all()  # white above the first row (the figure's title)
+    path = vis._save(grid_figure(panels, [["a", "", "c"], []], layout, "title", [("row 0", "red")]),
+                     tmp_path / "grid.png")
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    assert rgb.shape[:2] == layout.size
+    y, x = layout.origin(0, 2)
+    assert (rgb[y + 5:y + 35, x + 5:x + 35] == [0, 0, 255]).all()
+    y, x = layout.origin(1, 0)
+    assert (rgb[y + 5:y + 35, x + 5:x + 35] == 255).all()  # an empty panel stays white
+    # colour maps clip to the given range
+    assert np.allclose(colorize(np.array([[-5.0, 5.0]]), "gray", 0.0, 1.0), [[[0, 0, 0], [1, 1, 1]]], atol=1e-6)

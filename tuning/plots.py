@@ -74,9 +74,9 @@ def _save(ax: Any, path: Path) -> Path:
 
 def study_plots(study: optuna.Study, out_dir: str | Path) -> tuple[list[Path], list[str]]:
     """Optuna's three plots as PNGs; returns (files written, notes on the plots skipped)."""
-    import matplotlib
+    from egomodel.mosaic import pyplot
 
-    matplotlib.use("Agg")
+    pyplot()  # the Agg backend
     from optuna.visualization import matplotlib as ovm
 
     out = Path(out_dir)

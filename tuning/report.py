@@ -79,10 +79,9 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """Horizontal bars: ours (mean, std as error bar) beside the paper's figure."""
-    import matplotlib
+    from egomodel.mosaic import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.2))
