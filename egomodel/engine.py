@@ -161,30 +161,34 @@ def train(
         model.load_state_dict(state["model"])
         torch.set_rng_state(state["rng"])
 
-    for i in range(start_i, len(plan)):
-        stage = plan[i]
-        if state is not None and i == start_i and start_epoch > 0:  # resumed mid-stage
-            run.stage(stage, offsets[i], state, start_epoch)
-            continue
-        # each stage's randomness depends only on the seed and the stage, not on which heads the
-        # variant built, so trials that differ only in later stages share earlier ones exactly
-        torch.manual_seed(cfg.train.seed * 1000 + stage.number)
-        if i > 0:  # stage n starts from stage n-1's best by validation
-            model.load_state_dict(ck.load(ckdir / ck.best_name(plan[i - 1].number))["model"])
-        if store is None:
-            run.stage(stage, offsets[i])
-            continue
-        key = stage_key(cfg, bundle.fingerprint, stage.number)
-        stored = store.get_or_claim(key, owner)
-        if stored is not None:
-            run.load_stored(stage, offsets[i], stored, key)
-            continue
-        try:
-            run.stage(stage, offsets[i])
-        except BaseException:
-            store.release(key)
-            raise
-        store.put(key, run.stored_payload(stage, owner))
+    try:
+        for i in range(start_i, len(plan)):
+            stage = plan[i]
+            if state is not None and i == start_i and start_epoch > 0:  # resumed mid-stage
+                run.stage(stage, offsets[i], state, start_epoch)
+                continue
+            # each stage's randomness depends only on the seed and the stage, not on which heads the
+            # variant built, so trials that differ only in later stages share earlier ones exactly
+            torch.manual_seed(cfg.train.seed * 1000 + stage.number)
+            if i > 0:  # stage n starts from stage n-1's best by validation
+                model.load_state_dict(ck.load(ckdir / ck.best_name(plan[i - 1].number))["model"])
+            if store is None:
+                run.stage(stage, offsets[i])
+                continue
+            key = stage_key(cfg, bundle.fingerprint, stage.number)
+            stored = store.get_or_claim(key, owner)
+            if stored is not None:
+                run.load_stored(stage, offsets[i], stored, key)
+                continue
+            try:
+                run.stage(stage, offsets[i])
+            except BaseException:
+                store.release(key)
+                raise
+            store.put(key, run.stored_payload(stage, owner))
+    finally:
+        if run.device_clips is not None:
+            run.device_clips.close()  # its thread: the batches it started for an epoch that never comes
     return finish(cfg, out, bundle, model, plan, run.best, run.history, device, evaluate_test, run.from_store)
 
 

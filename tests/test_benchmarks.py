@@ -37,7 +37,8 @@ def test_two_node_benchmark_runs(tmp_path):
 
 
 def test_device_benchmark_runs_in_tiny_mode(tmp_path):
-    """``benchmarks.device`` (the GPU figures in the README) runs on this machine's CPU too, compile included."""
+    """``benchmarks.device`` (the GPU figures in the README) runs on this machine's CPU too, compile and the
+    short training from clips held on the device included."""
     out = tmp_path / "device.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.device", "--tiny", "--skip", "data", "--json", str(out)],
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
@@ -46,6 +47,7 @@ def test_device_benchmark_runs_in_tiny_mode(tmp_path):
     figures = json.loads(out.read_text())
     assert not [k for k in figures if k.endswith("_error")], figures
     for key in ("step_speedup_vs_naive", "ours_clips_per_s", "stage3_step_s", "convlstm_fused_speedup",
-                "compiled_step_s"):
+                "compiled_step_s", "device_clips_training_s"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
     assert figures["ours_gates"] == "separate"  # what "auto" picks on a CPU
+    assert 0 <= figures["device_clips_training_data_wait_fraction"] < 1

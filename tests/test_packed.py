@@ -99,3 +99,41 @@ def test_device_clips_only_for_rgb_variants(tiny_root):
 
     with pytest.raises(ConfigError, match="data.device_clips"):
         load_config(None, ["data.device_clips=true", "model.variant=flow"])
+
+
+def test_device_clips_made_ahead_in_a_thread(tiny_root):
+    """The prefetching loader (the default on CUDA) gives the same batches in the same order; an error in
+    making a batch reaches the trainer; a trainer that stops early leaves no thread behind."""
+    import threading
+
+    import pytest
+
+    from egomodel.data.device_clips import Ahead, DeviceClips, DeviceLoader
+
+    clips = DeviceClips(_ds(tiny_root), torch.device("cpu"), progress=False)
+    inline, made = DeviceLoader(clips, 4, 3, prefetch=0), DeviceLoader(clips, 4, 3, prefetch=2)
+    for key in (3, 4, 6, 6):  # the next key's batches are started ahead; another key discards them
+        inline.sampler.set_epoch(key)
+        made.sampler.set_epoch(key)
+        plain, ahead = list(inline), list(made)
+        assert len(ahead) == len(plain) > 1
+        for a, b in zip(ahead, plain):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert clips._ahead is not None and clips._ahead.key == (4, 7)
+    nxt = DeviceLoader(clips, 4, 7, prefetch=2)  # the next stage's loader reads them
+    assert [b["index"].tolist() for b in nxt] == [b["index"].tolist() for b in DeviceLoader(clips, 4, 7, prefetch=0)]
+    clips.close()
+
+    def boom(i):
+        if i == 2:
+            raise RuntimeError("clip 2 is broken")
+        return {"i": torch.tensor(i)}
+
+    with pytest.raises(RuntimeError, match="clip 2 is broken"):
+        list(Ahead(boom, [0, 1, 2, 3], torch.device("cpu"), 1))
+    it = iter(DeviceLoader(clips, 4, 3, prefetch=1))
+    got = next(it)
+    it.close()  # a trainer that stops early (what dropping the iterator does)
+    first = next(iter(DeviceLoader(clips, 4, 3, prefetch=0)))
+    assert torch.equal(got["index"], first["index"]) and torch.equal(got["frames"], first["frames"])
+    assert not [t for t in threading.enumerate() if t.name == "device-clips-ahead"]

@@ -14,8 +14,12 @@ Pillow's output; the motion-map targets use Pillow's own BOX coefficients, as th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import closing, nullcontext
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +28,7 @@ from tqdm import tqdm
 
 from egomodel.config import ConfigError
 from egomodel.data.dataset import ClipDataset, EpochSampler
-from egomodel.data.transforms import View, normalize_frames
+from egomodel.data.transforms import normalize_frames
 
 
 @lru_cache(maxsize=64)
@@ -64,6 +68,28 @@ class DeviceClips:
         self.maps = torch.from_numpy(np.stack(maps)).to(device) if maps else None  # (N, T, H, W) uint8
         self.labels = torch.tensor([ds.index[c.label_name] for c in ds.clips], device=device)
         self.height, self.width = self.frames.shape[2:4]
+        self._ahead: Ahead | None = None
+        self.batch([(0, 0)])  # loads the kernels (CUDA loads them lazily) before the first timed step
+
+    def take_ahead(self, key: tuple[int, int]) -> Ahead | None:
+        """The batches already started for ``(batch size, epoch key)``, if those are the ones started."""
+        run, self._ahead = self._ahead, None
+        if run is not None and run.key != key:
+            run.close()
+            return None
+        return run
+
+    def start_ahead(self, make_items: list[list[tuple[int, int]]], key: tuple[int, int], depth: int) -> None:
+        """Start making the batches a loader expects to read next (kept across the loaders of a run's
+        stages: the next stage's first epoch usually has the next key and the same batch size)."""
+        self.close()
+        self._ahead = Ahead(self.batch, make_items, self.device, depth, key)
+
+    def close(self) -> None:
+        """Stop the thread making batches ahead (it holds this object: call this when training is done)."""
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
 
     @property
     def nbytes(self) -> int:
@@ -71,7 +97,7 @@ class DeviceClips:
 
     def batch(self, items: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """Training batch for ``(clip, epoch key)`` items. Clips are grouped by crop side (the four
-        scales), so a batch costs a handful of kernel launches per group, not per clip."""
+        scales); each group is one gather, one resize and one flip, not a kernel per clip."""
         dev = self.device
         idx = [i for i, _ in items]
         views = [self.ds.view_for(item, self.width, self.height) for item in items]
@@ -81,42 +107,139 @@ class DeviceClips:
         maps = torch.empty(b, t, size // 32, size // 32, device=dev) if self.maps is not None else None
         for side in sorted({v.side for v in views}):
             pos = [k for k, v in enumerate(views) if v.side == side]
-            flip = torch.tensor([views[k].flip for k in pos], device=dev).view(-1, 1, 1, 1)
-            where = torch.tensor(pos, device=dev)
-            crops = self._crops(self.frames, [idx[k] for k in pos], [views[k] for k in pos])  # (G, T, side, side, 3)
+            # one host-to-device copy per group: where in the batch, which clip, crop corner, flip
+            meta = torch.tensor([[k, idx[k], views[k].top, views[k].left, views[k].flip] for k in pos]).to(dev)
+            where, flip = meta[:, 0], meta[:, 4].bool().view(-1, 1, 1, 1)
+            crops = self._crops(self.frames, meta[:, 1], meta[:, 2], meta[:, 3], side)  # (G, T, side, side, 3)
             x = crops.flatten(0, 1).permute(0, 3, 1, 2).float()
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             x = x.round_().clamp_(0, 255).to(torch.uint8).unflatten(0, (len(pos), t))  # Pillow returns uint8 too
             frames[where] = torch.where(flip[..., None], x.flip(-1), x)
             if maps is not None:
                 w = torch.from_numpy(_box_weights(side, size // 32)).to(dev)
-                frac = self._crops(self.maps, [idx[k] for k in pos], [views[k] for k in pos]).float() / 255.0
+                frac = self._crops(self.maps, meta[:, 1], meta[:, 2], meta[:, 3], side).float() / 255.0
                 mm = (w @ frac @ w.T).clamp_(0.0, 1.0)
                 maps[where] = torch.where(flip, mm.flip(-1), mm)
-        out = {"frames": normalize_frames(frames), "label": self.labels[idx], "index": torch.tensor(idx, device=dev)}
+        out = {"frames": normalize_frames(frames), "label": self.labels[idx], "index": torch.tensor(idx).to(dev)}
         if maps is not None:
             out["mmaps"] = maps
         return out
 
     @staticmethod
-    def _crops(store: torch.Tensor, idx: list[int], views: list[View]) -> torch.Tensor:
-        return torch.stack([store[i, :, v.top:v.top + v.side, v.left:v.left + v.side] for i, v in zip(idx, views)])
+    def _crops(store: torch.Tensor, clip: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+               side: int) -> torch.Tensor:
+        """(G, T, side, side, ...) square crops of ``store[clip]`` at (top, left), one gather."""
+        span = torch.arange(side, device=store.device)
+        t = torch.arange(store.shape[1], device=store.device).view(1, -1, 1, 1)
+        rows = (top.view(-1, 1) + span).view(-1, 1, side, 1)
+        cols = (left.view(-1, 1) + span).view(-1, 1, 1, side)
+        return store[clip.view(-1, 1, 1, 1), t, rows, cols]
 
     def loader(self, batch_size: int, epoch_key: int) -> DeviceLoader:
         return DeviceLoader(self, batch_size, epoch_key)
 
 
 class DeviceLoader:
-    """What the trainer needs of a training DataLoader: ``len``, iteration, ``sampler.set_epoch``."""
+    """What the trainer needs of a training DataLoader: ``len``, iteration, ``sampler.set_epoch``.
 
-    def __init__(self, clips: DeviceClips, batch_size: int, epoch_key: int) -> None:
+    With ``prefetch`` > 0 (default: 2 on CUDA, 0 elsewhere) batches are made that many ahead in a thread
+    (:class:`Ahead`), on CUDA on a side stream, so the next batch's crops are launched while the current
+    step runs. When an epoch has been read to its end, the next epoch's first batches (the sampler's
+    next key, this batch size) are started at once, so they are made while the trainer validates;
+    :class:`DeviceClips` keeps them, so the next stage's first epoch finds them too. An epoch with
+    another key or batch size discards them. The Python work per batch is a few milliseconds, about as
+    long as a frozen-backbone step on an H100."""
+
+    def __init__(self, clips: DeviceClips, batch_size: int, epoch_key: int, prefetch: int | None = None) -> None:
         self.clips, self.batch_size = clips, batch_size
         self.sampler = EpochSampler(len(clips.ds), clips.ds.seed, epoch_key)
+        self.prefetch = (2 if clips.device.type == "cuda" else 0) if prefetch is None else prefetch
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
+    def _chunks(self, key: int) -> list[list[tuple[int, int]]]:
+        order = list(EpochSampler(len(self.clips.ds), self.clips.ds.seed, key))
+        return [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = list(self.sampler)
-        for start in range(0, len(order), self.batch_size):
-            yield self.clips.batch(order[start:start + self.batch_size])
+        key = self.sampler.key
+        if self.prefetch <= 0:
+            for chunk in self._chunks(key):
+                yield self.clips.batch(chunk)
+            return
+        run = self.clips.take_ahead((self.batch_size, key))
+        if run is None:
+            run = Ahead(self.clips.batch, self._chunks(key), self.clips.device, self.prefetch,
+                        (self.batch_size, key))
+        with closing(run):
+            yield from run
+        self.clips.start_ahead(self._chunks(key + 1), (self.batch_size, key + 1), self.prefetch)
+
+
+class Ahead:
+    """Iterates ``make(item)`` for each item, in order, made up to ``depth`` items ahead in a thread.
+
+    On CUDA the thread launches on its own stream; each batch is handed over with an event the
+    consumer's stream waits on, and its tensors are marked as used there (``record_stream``), so the
+    caching allocator never reuses their memory early. An exception in ``make`` is raised to the
+    consumer; :meth:`close` (also when a consumer stops early) stops the thread."""
+
+    def __init__(self, make: Callable[[Any], dict[str, torch.Tensor]], items: list[Any], device: torch.device,
+                 depth: int, key: Any = None) -> None:
+        self.key, self.device = key, device
+        self._cuda = device.type == "cuda"
+        self._box: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(make, items), name="device-clips-ahead",
+                                        daemon=True)
+        self._thread.start()
+
+    def _put(self, x: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._box.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self, make: Callable[[Any], dict[str, torch.Tensor]], items: list[Any]) -> None:
+        try:
+            side = torch.cuda.Stream(self.device) if self._cuda else None
+            on_side = (torch.cuda.device(self.device), torch.cuda.stream(side)) if self._cuda else (nullcontext(),) * 2
+            with on_side[0], on_side[1]:
+                for item in items:
+                    if self._stop.is_set():
+                        return
+                    batch = make(item)
+                    event = None
+                    if side is not None:
+                        event = torch.cuda.Event()
+                        event.record(side)
+                    if not self._put((batch, event)):
+                        return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(e)
+            return
+        self._put(None)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            got = self._box.get()
+            if got is None:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            batch, event = got
+            if event is not None:
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(event)
+                for v in batch.values():
+                    v.record_stream(stream)
+            yield batch
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
