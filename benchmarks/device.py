@@ -198,10 +198,23 @@ def main(argv: list[str] | None = None) -> int:
         return {**res, **short_training(root, tmp / "run", device, batch, workers, size, frames, str(tmp / "packed2"))}
 
     def on_device() -> dict[str, Any]:
-        """The same short run with the training clips on the device (``data.device_clips``)."""
+        """The same short run with the training clips on the device (``data.device_clips``), batches made
+        ahead in a thread (the default on CUDA) and, on CUDA, to compare, made inline."""
+        from egomodel.data import device_clips
+
         root, tmp = dataset(), synthetic["tmp"]
-        return short_training(root, tmp / "run2", device, batch, 0 if args.tiny else args.workers, size, frames,
-                              str(tmp / "packed2"), device_clips=True)
+        workers = 0 if args.tiny else args.workers
+        res = short_training(root, tmp / "run2", device, batch, workers, size, frames, str(tmp / "packed2"),
+                             device_clips=True)
+        if device.type != "cuda":  # made inline there anyway
+            return res
+        default, device_clips.PREFETCH_CUDA = device_clips.PREFETCH_CUDA, 0
+        try:
+            inline = short_training(root, tmp / "run3", device, batch, workers, size, frames, str(tmp / "packed2"),
+                                    device_clips=True)
+        finally:
+            device_clips.PREFETCH_CUDA = default
+        return {**res, **{k.replace("device_clips_training", "device_clips_inline"): v for k, v in inline.items()}}
 
     for name, fn in (("step", step), ("memory", memory), ("gates", gates), ("data", data),
                      ("device_clips", on_device), ("compile", compiled)):

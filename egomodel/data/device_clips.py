@@ -30,6 +30,8 @@ from egomodel.config import ConfigError
 from egomodel.data.dataset import ClipDataset, EpochSampler
 from egomodel.data.transforms import normalize_frames
 
+PREFETCH_CUDA = 2  # batches made ahead on CUDA (benchmarks.device sets 0 to compare)
+
 
 @lru_cache(maxsize=64)
 def _box_weights(side: int, s: int) -> np.ndarray:
@@ -153,7 +155,7 @@ class DeviceLoader:
     def __init__(self, clips: DeviceClips, batch_size: int, epoch_key: int, prefetch: int | None = None) -> None:
         self.clips, self.batch_size = clips, batch_size
         self.sampler = EpochSampler(len(clips.ds), clips.ds.seed, epoch_key)
-        self.prefetch = (2 if clips.device.type == "cuda" else 0) if prefetch is None else prefetch
+        self.prefetch = (PREFETCH_CUDA if clips.device.type == "cuda" else 0) if prefetch is None else prefetch
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
