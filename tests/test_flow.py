@@ -224,3 +224,25 @@ def test_champion_pyfunc_takes_named_inputs_for_flow_models(tmp_path):
     assert np.allclose(probs, want, atol=1e-5)
     with pytest.raises(ValueError, match=r"needs inputs \['flow'\]; missing \['flow'\]"):
         pyfunc.predict(None, {"frames": flow})
+
+
+def test_champion_pyfunc_normalises_uint8_frames(tmp_path):
+    """ClipDataset gives uint8 frames: the champion takes them as they are, or float32 already normalised."""
+    from types import SimpleNamespace
+
+    from egomodel import checkpoint as ck
+    from egomodel.data.transforms import normalize_frames
+    from tuning.champion import EgoRNNModel
+
+    cfg = _cfg("attention")
+    torch.manual_seed(0)
+    model = build_model(cfg, C)
+    path = ck.save(tmp_path / "stage2_best.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
+                                                 "classes": [f"c{i}" for i in range(C)], "stage": 2, "epoch": 1})
+    pyfunc = EgoRNNModel()
+    pyfunc.load_context(SimpleNamespace(artifacts={"checkpoint": str(path)}))
+    raw = np.random.default_rng(0).integers(0, 256, (2, 3, 3, SIZE, SIZE), dtype=np.uint8)
+    as_uint8 = pyfunc.predict(None, raw)
+    as_float = pyfunc.predict(None, normalize_frames(torch.from_numpy(raw)).numpy())
+    assert np.allclose(as_uint8, as_float, atol=1e-6)
+    assert not np.allclose(as_uint8, pyfunc.predict(None, raw.astype(np.float32)), atol=1e-3)  # 0..255 as floats

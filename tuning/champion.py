@@ -1,7 +1,7 @@
 """The champion: the best trial's checkpoint as an MLflow pyfunc model with alias ``champion``.
 
-``mlflow.pyfunc.load_model("models:/NAME@champion").predict(x)`` takes float32 (B, T, 3, H, W)
-normalised frames and returns (B, num_classes) class probabilities; the class names are in the
+``mlflow.pyfunc.load_model("models:/NAME@champion").predict(x)`` takes (B, T, 3, H, W) frames, either
+uint8 as ``egomodel``'s datasets give them (normalised here) or float32 already normalised, and returns (B, num_classes) class probabilities; the class names are in the
 model's metadata (``model.metadata.metadata["classes"]``). Flow and two-stream models take a dict
 ``{"flow": (B, [S,] 2*stack, H, W)}`` / ``{"frames": ..., "flow": ...}`` instead.
 """
@@ -33,11 +33,23 @@ class EgoRNNModel(PythonModel):
             missing = [k for k in keys if k not in model_input]
             if missing:
                 raise ValueError(f"this {self.cfg.model.variant} model needs inputs {list(keys)}; missing {missing}")
-            xs = [torch.as_tensor(np.asarray(model_input[k], dtype=np.float32)) for k in keys]
+            xs = [_tensor(k, model_input[k]) for k in keys]
         else:
-            xs = [torch.as_tensor(np.asarray(model_input, dtype=np.float32))]
+            xs = [_tensor(keys[0], model_input)]
         with torch.no_grad():
             return torch.softmax(self.model(*xs).logits.float(), dim=1).numpy()
+
+
+def _tensor(key: str, value: Any) -> Any:
+    """One model input as float32: uint8 frames (what ClipDataset returns) are normalised as in training."""
+    import torch
+
+    from egomodel.data.transforms import normalize_frames
+
+    arr = np.asarray(value)
+    if key == "frames" and arr.dtype == np.uint8:
+        return normalize_frames(torch.from_numpy(arr))
+    return torch.as_tensor(arr.astype(np.float32, copy=False))
 
 
 def register(client: mlflow.MlflowClient, run_id: str, checkpoint: Path, classes: list[str], name: str) -> str:
