@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from egomodel import checkpoint as ck
-from egomodel.config import Config, ConfigError, dump, flatten, from_dict
+from egomodel.config import Config, dump, flatten
 from egomodel.data.dataset import ClipDataset, DataBundle, load_bundle, make_loader
 from egomodel.data.device_clips import DeviceClips
 from egomodel.data.transforms import normalize_frames
@@ -37,6 +37,7 @@ from egomodel.prefix import StageStore, shared_state, stage_key
 from egomodel.report import confusion, plot_confusion, write_per_class
 from egomodel.stages import Stage, apply_stage, stage_plan
 from egomodel.steps import evaluate, pick_device, train_epoch
+from egomodel.streams import load_streams, stream_sources
 
 # keys that may differ between a run and its resume without changing the result
 RESUME_FREE_KEYS = {"data.num_workers", "data.root", "data.decoded_cache", "data.packed_cache", "train.device",
@@ -150,7 +151,7 @@ def train(
         if isinstance(model, EgoRNN) and cfg.model.pretrained == "none":
             _calibrate(model, train_ds, device)
         if isinstance(model, TwoStream):
-            _load_streams(model, cfg, out, bundle, streams, store, owner, progress)
+            load_streams(model, cfg, out, bundle, streams, store, owner, progress)
     else:
         run.history, run.best = list(state["history"]), dict(state["best"])
         run.from_store = list(state.get("from_store", []))
@@ -358,51 +359,3 @@ def finish(
         write_per_class(cm, bundle.classes, out / f"per_class_{split}.csv")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-STREAMS = {"flow": "model.flow_checkpoint", "attention": "model.rgb_checkpoint"}  # two_stream's inputs
-
-
-def stream_sources(cfg: Config, store: StageStore | None) -> dict[str, Path | None]:
-    """Each stream's checkpoint path, or None where a search's stage store provides it. Checked up front."""
-    out: dict[str, Path | None] = {}
-    for variant, key in STREAMS.items():
-        given = getattr(cfg.model, key.split(".")[1])
-        if given:
-            if not Path(given).is_file():
-                raise ConfigError(f"{key}: {given} does not exist (a trained {variant} model's checkpoint)")
-            out[variant] = Path(given)
-        elif store is None:
-            raise ConfigError(
-                f"{key} is not set: model.variant=two_stream needs trained streams, a {variant} checkpoint "
-                f"in {key} (e.g. runs/{variant}/checkpoints/stage{len(stage_plan(variant, cfg.train))}_best.pt), "
-                "or a search's stage store to take them from"
-            )
-        else:
-            out[variant] = None
-    return out
-
-
-def _load_streams(model: TwoStream, cfg: Config, out: Path, bundle: DataBundle, sources: dict[str, Path | None],
-                  store: StageStore | None, owner: str, progress: bool) -> None:
-    """Load the trained flow and attention streams, training them first (shared through the store)."""
-    states = {}
-    for variant, path in sources.items():
-        if path is None:  # the stream as its own run would train it, with this config's shared settings
-            sub_cfg = from_dict(cfg.to_dict(), {"model.variant": variant})
-            sub = out / "streams" / variant
-            tqdm.write(f"two_stream: {variant} stream from the stage store (trained here if missing)")
-            sub_resume = (sub / "checkpoints" / ck.LAST).is_file()
-            path = Path(train(sub_cfg, sub, resume=sub_resume, evaluate_test=False, progress=progress,
-                              store=store, owner=owner)["best_checkpoint"])
-        ckpt = ck.load(path)
-        if ckpt["config"]["model"]["variant"] != variant or list(ckpt["classes"]) != bundle.classes:
-            raise ConfigError(
-                f"{STREAMS[variant]}: {path} holds a {ckpt['config']['model']['variant']} model over "
-                f"{len(ckpt['classes'])} classes; two_stream needs a {variant} model over these {len(bundle.classes)}"
-            )
-        states[variant] = ckpt["model"]
-    try:
-        model.load_streams(states["attention"], states["flow"])
-    except RuntimeError as e:
-        raise ConfigError(f"the stream checkpoints do not fit this two_stream config: {e}") from None
