@@ -29,9 +29,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.test_search import env, search_cmd, write_space
-from tuning import tracking
+from tuning import mlflow_runs, write_retry
+from tuning.mlflow_runs import TrackingError, check_reachable, parent_run
 from tuning.space import load_space
-from tuning.tracking import MlflowCallback, TrackingError, check_reachable, error_reason, parent_run
+from tuning.tracking import MlflowCallback
+from tuning.trial_files import error_reason
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -286,12 +288,12 @@ def test_mlflow_server_killed_mid_search_nothing_lost(tmp_path, space, server, m
     assert "unreachable" in capsys.readouterr().err
 
     # the experiment ends with the server still down: a clean, resumable stop
-    monkeypatch.setenv(tracking.FLUSH_TIMEOUT_ENV, "1")
+    monkeypatch.setenv(write_retry.FLUSH_TIMEOUT_ENV, "1")
     cb.on_experiment_end([])
-    assert tracking.undelivered(parent) == cb.pending > 0
+    assert mlflow_runs.undelivered(parent) == cb.pending > 0
     with pytest.raises(TrackingError, match="--resume"):
-        tracking.log_search_summary(mlflow.MlflowClient(server.uri), parent, SimpleNamespace(experiment_path=None),
-                                    space)
+        mlflow_runs.log_search_summary(mlflow.MlflowClient(server.uri), parent,
+                                       SimpleNamespace(experiment_path=None), space)
 
     # a new driver (Ray restores the callback from tuner.pkl, then its saved state), server back
     saved = pickle.loads(pickle.dumps(cb.get_state()))
@@ -299,7 +301,7 @@ def test_mlflow_server_killed_mid_search_nothing_lost(tmp_path, space, server, m
     cb2.set_state(saved)
     server.start()
     cb2.on_experiment_end([])
-    assert cb2.pending == 0 and tracking.undelivered(parent) == 0
+    assert cb2.pending == 0 and mlflow_runs.undelivered(parent) == 0
 
     client = mlflow.MlflowClient(server.uri)
     runs = children(client, parent)
@@ -316,7 +318,7 @@ def test_mlflow_server_killed_mid_search_nothing_lost(tmp_path, space, server, m
     assert rb.info.status == "FAILED" and rb.data.tags["error"] == FPE
     assert rb.data.params["train.stage3.lr"] == "0.001"
     # the search's summary goes through now
-    logged = tracking.log_search_summary(client, parent, SimpleNamespace(experiment_path=None), space)
+    logged = mlflow_runs.log_search_summary(client, parent, SimpleNamespace(experiment_path=None), space)
     assert "search/trials.csv" in logged
 
 
@@ -579,7 +581,7 @@ def test_search_survives_the_mlflow_server_going_away(tmp_path, tiny_root, serve
     space = write_space(tmp_path, num_samples=2, max_concurrent=2, scheduler={"type": "fifo"})
     server.start()
     cmd = search_cmd(space, tiny_root, "--tracking-uri", server.uri)
-    run_env = {**own_ray_env(), tracking.FLUSH_TIMEOUT_ENV: "5"}
+    run_env = {**own_ray_env(), write_retry.FLUSH_TIMEOUT_ENV: "5"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     exp_dir = tmp_path / "ray_results" / "test_space"
     deadline = time.time() + 600

@@ -188,9 +188,10 @@ def test_trials_csv_has_every_trial(tmp_path):
     import mlflow
 
     from tests.test_search import write_space
+    from tuning.mlflow_runs import check_reachable, parent_run
     from tuning.plots import trials_table
     from tuning.space import load_space
-    from tuning.tracking import MlflowCallback, check_reachable, parent_run
+    from tuning.tracking import MlflowCallback
 
     space = load_space(write_space(tmp_path))
     uri = f"sqlite:///{tmp_path / 'm.db'}"

@@ -1,8 +1,9 @@
 """The champion: the best trial's checkpoint as an MLflow pyfunc model with alias ``champion``.
 
 ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(x)`` takes (B, T, 3, H, W) frames, either
-uint8 as ``egomodel``'s datasets give them (normalised here) or float32 already normalised, and returns (B, num_classes) class probabilities; the class names are in the
-model's metadata (``model.metadata.metadata["classes"]``). Flow and two-stream models take a dict
+uint8 as ``egomodel``'s datasets give them (normalised here) or float32 already normalised, and
+returns (B, num_classes) class probabilities; the class names are in the model's metadata
+(``model.metadata.metadata["classes"]``). Flow and two-stream models take a dict
 ``{"flow": (B, [S,] 2*stack, H, W)}`` / ``{"frames": ..., "flow": ...}`` instead.
 """
 

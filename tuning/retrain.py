@@ -20,7 +20,7 @@ from egomodel.config import Config, ConfigError, from_dict, known_keys
 from egomodel.data.layout import DataError
 from egomodel.engine import train
 from tuning.champion import ALIAS
-from tuning.tracking import TrackingError, check_reachable
+from tuning.mlflow_runs import TrackingError, check_reachable
 
 
 class RetrainError(RuntimeError):

@@ -20,8 +20,10 @@ from egomodel.cli import run_cli
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
-from tuning.space import SearchSpace, SpaceError, decode, load_space, resolve_grace_period, runtime_overrides
-from tuning.tracking import TrackingError, check_reachable, find_parent, parent_run
+from tuning.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
+from tuning.sampling import decode, resolve_grace_period, runtime_overrides
+from tuning.space import SearchSpace, load_space
+from tuning.space_error import SpaceError
 
 REPO = Path(__file__).resolve().parents[1]
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")  # pyarrow filesystems Ray can use
@@ -243,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
 def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: str,
            args: argparse.Namespace, tracking_uri: str) -> int:
     from tuning.champion import register
-    from tuning.tracking import TRIAL_TAG, log_search_summary
+    from tuning.mlflow_runs import log_search_summary
+    from tuning.tracking import TRIAL_TAG
 
     # every trial's writes delivered (else a clean, resumable stop), then Optuna's plots and trials.csv
     log_search_summary(client, parent_id, results, space)

@@ -16,7 +16,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tuning.space import DefineByRun, SearchSpace, encode_point
+from tuning.sampling import DefineByRun, encode_point
+from tuning.space import SearchSpace
 
 
 class PruneAwareOptunaSearch(OptunaSearch):

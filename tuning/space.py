@@ -4,31 +4,42 @@ A space is validated in full when it is loaded (every key, every range, and an e
 from each parameter's extreme values), so that a bad space fails before any trial starts, with a
 message that names the offending key. The format is documented in ``docs/search_spaces.md``.
 
-Optuna names are the dotted egomodel keys (``model.alpha``); a subset of blocks becomes one boolean
-categorical per block (``train.stage3.trainable[conv1]``). No name contains ``/``, the separator on
-which Ray's ``OptunaSearch`` un-flattens a sampled config.
+The space is read by ``tuning.space_yaml``, its single fields are checked by ``tuning.space_fields``, values
+and points against its params (and the deep check) by ``tuning.space_check``; the Optuna / Ray side (names,
+sampling, decoding a trial) is ``tuning.sampling``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from egomodel import config as ecfg
+from tuning.space_check import _check_point, _deep_check
+from tuning.space_error import SpaceError
+from tuning.space_fields import (
+    _base,
+    _blocks,
+    _bool,
+    _bounds,
+    _choices,
+    _divisible,
+    _int_at_least,
+    _mapping,
+    _match,
+    _number,
+    _resources,
+    _suggest,
+)
+from tuning.space_yaml import _read_yaml
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 TYPES = ("float", "int", "categorical", "subset")
 MODES = ("max", "min")
 SCHEDULERS = ("asha", "fifo")
-RESOURCES = ("cpu", "gpu")
 TOP_KEYS = (
     "name",
     "description",
@@ -53,13 +64,7 @@ _FIELDS = {  # allowed fields of a param spec, per type
     "subset": ("type", "choices", "always", "when"),
 }
 _SCHEDULER_FIELDS = {"asha": ("type", "grace_period", "reduction_factor"), "fifo": ("type",)}
-_DEFAULT_RESOURCES = {"cpu": 1.0, "gpu": 0.0}
 DEFAULT_CHECKPOINT_INTERVAL_S = 300.0  # a retried trial repeats at most this much work
-_RESOURCE_PRECISION = 1e-4  # Ray rejects finer fractions
-
-
-class SpaceError(ValueError):
-    """A search space is malformed; the message names the offending key, e.g. ``params.model.alpha.low``."""
 
 
 @dataclass(frozen=True)
@@ -105,130 +110,7 @@ class SearchSpace:
     plots: bool = True  # each finished trial draws its curves, CAMs and feedback maps (about 1.5 s on a CPU)
 
 
-# --- YAML -------------------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that reads ``1e-3`` as a float (YAML 1.1 needs a dot) and refuses duplicate keys."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            duplicate = key in seen
-        except TypeError:  # unhashable; construct_mapping reports it
-            continue
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-
-
-def _read_yaml(path: Path, text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e).splitlines()[0]
-        raise SpaceError(f"{where}: YAML syntax error: {problem}") from None
-    except Exception as e:  # a tagged scalar that cannot be built, e.g. "!!float abc"
-        raise SpaceError(f"{path}: cannot read the YAML: {e}") from None
-
-
-# --- small checks -----------------------------------------------------------------------------------------
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _number(where: str, v: Any, *, integer: bool = False) -> float | int:
-    kind = "an integer" if integer else "a finite number"
-    if not _is_number(v):
-        raise SpaceError(f"{where}: expected {kind}, got {v!r}")
-    if isinstance(v, int):
-        try:
-            return v if integer else float(v)
-        except OverflowError:
-            raise SpaceError(f"{where}: {v} is too large") from None
-    if not math.isfinite(v) or (integer and not v.is_integer()):
-        raise SpaceError(f"{where}: expected {kind}, got {v!r}")
-    return int(v) if integer else v
-
-
-def _bool(where: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise SpaceError(f"{where}: expected true or false, got {v!r}")
-    return v
-
-
-def _mapping(where: str, v: Any, hint: str = "") -> dict[Any, Any]:
-    if not isinstance(v, dict):
-        raise SpaceError(f"{where}: expected a mapping{hint}, got {v!r}")
-    return v
-
-
-def _suggest(word: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(word, known, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality that keeps true/1 and "1"/1 apart (YAML scalars)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    if _is_number(a) and _is_number(b):
-        return a == b
-    return type(a) is type(b) and a == b
-
-
-def _match(value: Any, choices: tuple) -> tuple[bool, Any]:
-    """(found, the canonical choice) for a categorical value."""
-    for c in choices:
-        if _same(value, c):
-            return True, c
-    return False, None
-
-
-def _is_scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v))
-
-
 # --- params -----------------------------------------------------------------------------------------------
-
-
-def _bounds(where: str, spec: dict[str, Any], integer: bool) -> tuple[Any, Any]:
-    for f in ("low", "high"):
-        if f not in spec:
-            raise SpaceError(f"{where}.{f}: missing (a {spec['type']} param needs low and high)")
-    low = _number(f"{where}.low", spec["low"], integer=integer)
-    high = _number(f"{where}.high", spec["high"], integer=integer)
-    if low >= high:
-        raise SpaceError(f"{where}.low: {low} must be < high ({high})")
-    return low, high
-
-
-def _divisible(span: float, step: float) -> bool:
-    q = span / step
-    if not math.isfinite(q):
-        return False
-    return abs(q - round(q)) <= 1e-9 * max(1.0, abs(q))
 
 
 def _numeric_param(key: str, where: str, spec: dict[str, Any]) -> Param:
@@ -258,27 +140,6 @@ def _numeric_param(key: str, where: str, spec: dict[str, Any]) -> Param:
             if not _divisible(high - low, step):
                 raise SpaceError(f"{where}.step: high - low ({high - low}) is not a multiple of step {step}")
     return Param(key, spec["type"], low=low, high=high, log=log, step=step)
-
-
-def _choices(where: str, v: Any, *, allow_empty: bool = False) -> tuple:
-    if not isinstance(v, list) or (not v and not allow_empty):
-        raise SpaceError(f"{where}: expected a non-empty list, got {v!r}")
-    out: list[Any] = []
-    for i, c in enumerate(v):
-        if not _is_scalar(c):
-            raise SpaceError(f"{where}[{i}]: a choice must be a string, number, true/false or null, got {c!r}")
-        if _match(c, tuple(out))[0]:
-            raise SpaceError(f"{where}[{i}]: duplicate choice {c!r}")
-        out.append(c)
-    return tuple(out)
-
-
-def _blocks(where: str, v: Any, *, allow_empty: bool = False) -> tuple[str, ...]:
-    out = _choices(where, v, allow_empty=allow_empty)
-    for i, b in enumerate(out):
-        if b not in ecfg.BLOCKS:
-            raise SpaceError(f"{where}[{i}]: {b!r} is not an egomodel block (known: {', '.join(ecfg.BLOCKS)})")
-    return out
 
 
 def _param(key: Any, spec: Any, known: dict[str, Any], base: dict[str, Any]) -> tuple[Param, Any]:
@@ -373,133 +234,8 @@ def _order(params: dict[str, Param]) -> tuple[Param, ...]:
     return tuple(done.values())
 
 
-def _active(p: Param, values: dict[str, Any]) -> bool:
-    return all(k in values and _match(values[k], allowed)[0] for k, allowed in p.when)
-
-
-# --- points -----------------------------------------------------------------------------------------------
-
-
-def _domain_value(p: Param, v: Any, where: str) -> Any:
-    """A point's value for ``p``, checked against its domain and made canonical."""
-    if p.type in ("float", "int"):
-        v = _number(where, v, integer=p.type == "int")
-        if not p.low <= v <= p.high:
-            raise SpaceError(f"{where}: {v} is outside [{p.low}, {p.high}]")
-        if p.step is not None and not _divisible(v - p.low, p.step):
-            raise SpaceError(f"{where}: {v} is not on the grid low + k * step ({p.low} + k * {p.step})")
-        return v
-    if p.type == "categorical":
-        found, canon = _match(v, p.choices)
-        if not found:
-            raise SpaceError(f"{where}: {v!r} is not one of {list(p.choices)}")
-        return canon
-    if not isinstance(v, list):  # subset
-        raise SpaceError(f"{where}: expected a list of blocks, got {v!r}")
-    for b in v:
-        if not isinstance(b, str) or (b not in p.choices and b not in p.always):
-            raise SpaceError(f"{where}: {b!r} is not one of {list(p.always + p.choices)}")
-    return list(p.always) + [b for b in p.choices if b in v]
-
-
-def _check_point(params: tuple[Param, ...], point: Any, where: str, base: dict[str, Any]) -> dict[str, Any]:
-    point = _mapping(where, point, " of param keys to values")
-    by_key = {p.key: p for p in params}
-    for k in point:
-        if k not in by_key:
-            extra = " (it is fixed in base; points give values of params)" if k in base else ""
-            raise SpaceError(f"{where}.{k}: not a param of this space{extra}")
-    out: dict[str, Any] = {}
-    for p in params:  # dependency order, so conditions see canonical values
-        w = f"{where}.{p.key}"
-        if not _active(p, out):
-            if p.key in point:
-                cond = ", ".join(f"{k} in {list(v)}" for k, v in p.when)
-                raise SpaceError(f"{w}: given, but its condition ({cond}) does not hold in this point")
-            continue
-        if p.key not in point:
-            raise SpaceError(f"{w}: missing; a point fixes every param whose condition holds")
-        out[p.key] = _domain_value(p, point[p.key], w)
-    return out
-
-
-def _encode(params: tuple[Param, ...], checked: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for p in params:
-        if p.key not in checked:
-            continue
-        if p.type == "subset":
-            for b in p.choices:
-                out[optuna_name(p, b)] = b in checked[p.key]
-        else:
-            out[optuna_name(p)] = checked[p.key]
-    return out
-
-
-# --- the deep check ---------------------------------------------------------------------------------------
-
-
-def _build(where: str, overrides: dict[str, Any]) -> ecfg.Config:
-    try:
-        return ecfg.from_dict({}, overrides)
-    except Exception as e:  # ConfigError, or whatever egomodel raises on a value it cannot take
-        raise SpaceError(f"{where}: egomodel rejects it: {e}") from None
-
-
-def _enabling(p: Param, by_key: dict[str, Param]) -> dict[str, Any]:
-    """Values of the params that ``p``'s condition names (recursively) so that ``p`` is active."""
-    out: dict[str, Any] = {}
-    for other, allowed in p.when:
-        out.update(_enabling(by_key[other], by_key))
-        out[other] = allowed[0]
-    return out
-
-
-def _extremes(p: Param) -> list[tuple[str, Any]]:
-    if p.type in ("float", "int"):
-        return [("low", p.low), ("high", p.high)]
-    if p.type == "categorical":
-        return [(f"choice {c!r}", c) for c in p.choices]
-    return [("always alone", list(p.always)), ("all choices", list(p.always + p.choices))]
-
-
-def _deep_check(base: dict[str, Any], params: tuple[Param, ...], points: tuple[dict[str, Any], ...]) -> None:
-    _build("base", base)
-    by_key = {p.key: p for p in params}
-    for p in params:
-        enabling = _enabling(p, by_key)
-        for label, value in _extremes(p):
-            _build(f"params.{p.key} ({label})", {**base, **enabling, p.key: value})
-    for i, point in enumerate(points):
-        _build(f"points[{i}]", {**base, **point})
-
 
 # --- loading ----------------------------------------------------------------------------------------------
-
-
-def _int_at_least(where: str, v: Any, lowest: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
-        raise SpaceError(f"{where}: expected an integer >= {lowest}, got {v!r}")
-    return v
-
-
-def _resources(v: Any) -> dict[str, float]:
-    v = _mapping("resources", v, " such as {cpu: 1, gpu: 0.5}")
-    out = dict(_DEFAULT_RESOURCES)
-    for k, q in v.items():
-        where = f"resources.{k}"
-        if k not in RESOURCES:
-            raise SpaceError(f"{where}: unknown resource (known: {', '.join(RESOURCES)})")
-        q = _number(where, q)
-        if q < 0:
-            raise SpaceError(f"{where}: {q} must be >= 0")
-        frac = (q - math.floor(q)) / _RESOURCE_PRECISION
-        if abs(frac - round(frac)) > 1e-6:
-            raise SpaceError(f"{where}: {q} is finer than Ray's resource precision {_RESOURCE_PRECISION}")
-        if k == "gpu" and q > 1 and q != int(q):
-            raise SpaceError(f"{where}: {q}: more than one GPU must be a whole number")
-        out[k] = q
-    return out
 
 
 def _scheduler(v: Any) -> Scheduler:
@@ -521,17 +257,6 @@ def _scheduler(v: Any) -> Scheduler:
     if factor <= 1:
         raise SpaceError(f"scheduler.reduction_factor: {factor} must be > 1")
     return Scheduler(t, grace, factor)
-
-
-def _base(v: Any, known: dict[str, Any]) -> dict[str, Any]:
-    v = _mapping("base", {} if v is None else v, " of dotted egomodel keys to values")
-    for k in v:
-        if not isinstance(k, str) or k not in known:
-            raise SpaceError(
-                f"base.{k}: not an egomodel config key (use dotted keys such as model.alpha)"
-                f"{_suggest(str(k), list(known))}"
-            )
-    return dict(v)
 
 
 def _parse(data: Any, path: Path, text: str) -> SearchSpace:
@@ -641,118 +366,12 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         raise SpaceError(f"{path}: {e}") from None
 
 
-# --- Optuna / Ray glue ------------------------------------------------------------------------------------
+def __getattr__(name: str) -> object:
+    """Searches saved before ``DefineByRun`` moved to :mod:`tuning.sampling` pickled it as
+    ``tuning.space.DefineByRun`` (Ray's ``searcher-state-*.pkl``, ``tuner.pkl``): ``--resume`` still
+    finds it here."""
+    if name == "DefineByRun":
+        from tuning.sampling import DefineByRun
 
-
-def optuna_name(param: Param, block: str | None = None) -> str:
-    """The Optuna (and Ray config) name of a param, or of one block of a subset param."""
-    if param.type == "subset":
-        if block is None or block not in param.choices:
-            raise ValueError(
-                f"{param.key}: a subset param needs one of its blocks {list(param.choices)}, got {block!r}"
-            )
-        return f"{param.key}[{block}]"
-    if block is not None:
-        raise ValueError(f"{param.key}: only subset params take a block")
-    return param.key
-
-
-class DefineByRun:
-    """Optuna define-by-run function for ``OptunaSearch(space=...)``: suggests each active param.
-
-    A plain object (Ray pickles it with the searcher's state); it only calls ``trial.suggest_*``.
-    Conditions are read from the values the suggestions return, since Ray hands in a wrapper of the
-    trial that records those calls.
-    """
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.params = space.params
-
-    def __call__(self, trial: Any) -> None:
-        values: dict[str, Any] = {}
-        for p in self.params:
-            if not _active(p, values):
-                continue
-            name = optuna_name(p) if p.type != "subset" else None
-            if p.type == "float":
-                values[p.key] = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
-            elif p.type == "int":
-                values[p.key] = trial.suggest_int(name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
-            elif p.type == "categorical":
-                values[p.key] = trial.suggest_categorical(name, list(p.choices))
-            else:
-                for b in p.choices:
-                    trial.suggest_categorical(optuna_name(p, b), [False, True])
-        return None
-
-    def __repr__(self) -> str:
-        return f"DefineByRun({', '.join(p.key for p in self.params)})"
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Undo Ray's un-flattening (on "/") and any dotted nesting: keys joined with "."."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}".replace("/", ".")
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def decode(space: SearchSpace, sampled: dict[str, Any]) -> dict[str, Any]:
-    """Ray's trial config (Optuna names, flat or nested) -> dotted egomodel overrides.
-
-    ``space.base`` plus every param whose condition held; a subset becomes ``always`` + the chosen
-    blocks in choice order. Keys of ``sampled`` that are not this space's names are ignored.
-    """
-    flat = _flat(sampled)
-    values: dict[str, Any] = {}
-    out = dict(space.base)
-    for p in space.params:
-        if not _active(p, values):
-            continue
-        names = [optuna_name(p, b) for b in p.choices] if p.type == "subset" else [optuna_name(p)]
-        missing = [n for n in names if n not in flat]
-        if missing:
-            raise SpaceError(f"{space.name}: the trial config lacks {missing[0]!r} (not sampled from this space?)")
-        if p.type == "subset":
-            out[p.key] = list(p.always) + [b for b in p.choices if flat[optuna_name(p, b)]]
-        else:
-            values[p.key] = out[p.key] = flat[names[0]]
-    return out
-
-
-def encode_point(space: SearchSpace, point: dict[str, Any]) -> dict[str, Any]:
-    """A ``points:`` entry (dotted keys, subsets as lists) -> Optuna names for ``points_to_evaluate``."""
-    return _encode(space.params, _check_point(space.params, point, "point", space.base))
-
-
-def runtime_overrides(space: SearchSpace, data_root: str, seed: int) -> dict[str, Any]:
-    """What the command line adds to every trial: the data root, and the training seed unless the
-    space fixes or searches ``train.seed`` itself (repeated-seed spaces such as table3)."""
-    out: dict[str, Any] = {"data.root": data_root}
-    if "train.seed" not in space.base and all(p.key != "train.seed" for p in space.params):
-        out["train.seed"] = seed
-    return out
-
-
-def trial_config(space: SearchSpace, sampled: dict[str, Any], extra: dict[str, Any] | None = None) -> ecfg.Config:
-    """The egomodel config of one trial: base + decoded params + ``extra`` (e.g. data.root, device)."""
-    try:
-        return ecfg.from_dict({}, {**decode(space, sampled), **(extra or {})})
-    except SpaceError:
-        raise
-    except (ValueError, TypeError, OverflowError) as e:
-        raise SpaceError(f"{space.name}: trial config: {e}") from None
-
-
-def resolve_grace_period(space: SearchSpace, cfg: ecfg.Config) -> int:
-    """ASHA's grace period in epochs: as given, or "auto" = the first epoch after stage 1."""
-    if space.scheduler.grace_period is not None:
-        return space.scheduler.grace_period
-    from egomodel.stages import scale_schedule  # imports torch; only the driver needs this
-
-    s1 = cfg.train.stage1
-    return scale_schedule(s1.epochs, s1.milestones, cfg.train.epochs_scale)[0] + 1
+        return DefineByRun
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

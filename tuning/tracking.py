@@ -15,8 +15,8 @@ text as the artifact ``error.txt``; a trial that Ray retried carries ``egosearch
 
 When the tracking server goes away during a search (the choice made here: buffer and retry)
 ---------------------------------------------------------------------------------------------
-An unreachable store at start is a clear error before any trial runs (:func:`check_reachable`).
-During the search the callback never lets MLflow stop it:
+An unreachable store at start is a clear error before any trial runs
+(:func:`tuning.mlflow_runs.check_reachable`). During the search the callback never lets MLflow stop it:
 
 - every write is an operation in a queue, applied in order; an operation that fails because the
   store is unreachable (connection refused, timeout, 5xx, a locked SQLite file) stays at the head of
@@ -29,9 +29,10 @@ During the search the callback never lets MLflow stop it:
   that is killed while MLflow is down keeps its backlog, and ``--resume`` delivers it;
 - at the end of the experiment the callback keeps retrying for ``EGOSEARCH_MLFLOW_FLUSH_TIMEOUT``
   seconds (default 120). If the store is still down then, the search stops cleanly in a resumable
-  state: ``finish`` (through :func:`log_search_summary`) raises :class:`TrackingError` (exit code 2)
-  saying so, and the same command with ``--resume`` once the server is back delivers the backlog,
-  registers the champion and logs the search's plots;
+  state: ``finish`` (through :func:`tuning.mlflow_runs.log_search_summary`) raises
+  :class:`~tuning.mlflow_runs.TrackingError` (exit code 2) saying so, and the same command with
+  ``--resume`` once the server is back delivers the backlog, registers the champion and logs the
+  search's plots;
 - an operation the store rejects for what it is (an invalid value, a deleted run), or one that fails
   in this module's own code, is not retried: it is dropped with a warning, so one bad write never
   blocks the rest.
@@ -42,153 +43,30 @@ the timestamp of their first attempt, tags and params are idempotent, artifacts 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from egomodel.config import flatten
-from tuning.space import SearchSpace, trial_config
+from tuning.mlflow_runs import _UNDELIVERED, quick_http
+from tuning.sampling import trial_config
+from tuning.space import SearchSpace
+from tuning.trial_files import _curves_png, error_reason, error_text
+from tuning.write_retry import _Dropped, _flush_timeout, _now_ms, _permanent, _short
 
-PARENT_TAG = "egosearch.ray_path"
 TRIAL_TAG = "ray.trial_id"
 OUTCOME_TAG = "egosearch.outcome"
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "lr", "data_wait_fraction", "stage")
 PLOTS_DIR = "plots"
-FLUSH_TIMEOUT_ENV = "EGOSEARCH_MLFLOW_FLUSH_TIMEOUT"
-# errors that say the write itself is wrong: retrying cannot help
-PERMANENT_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
-                   "INVALID_STATE", "BAD_REQUEST", "MALFORMED_REQUEST"}
-_MAX_TAG = 4900
-
-# parent run id -> number of writes the callback could not deliver by the end of the experiment
-_UNDELIVERED: dict[str, int] = {}
-
-
-class TrackingError(RuntimeError):
-    pass
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-@contextlib.contextmanager
-def quick_http(timeout: int = 10) -> Iterator[None]:
-    """MLflow's HTTP client fails at once instead of retrying with back-off for minutes."""
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
-    saved = {k: os.environ.get(k) for k in quick}
-    os.environ.update(quick)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def check_reachable(uri: str) -> MlflowClient:
-    """Fail before any trial starts if the tracking store cannot be reached."""
-    with quick_http():
-        try:
-            client = MlflowClient(uri)  # an unsupported scheme or a retired file store fails here
-            client.search_experiments(max_results=1)
-        except Exception as e:  # connection refused, DNS, bad scheme, unwritable sqlite
-            msg = str(e).splitlines()[0][:300] if str(e) else ""
-            raise TrackingError(f"MLflow tracking URI {uri} is not reachable: {type(e).__name__}: {msg}") from None
-    return client
-
-
-def find_parent(client: MlflowClient, experiment: str, ray_path: str) -> Any | None:
-    """The newest parent run of the search saved at ``ray_path``, or None."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    found = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{ray_path}'", max_results=1,
-                               order_by=["attributes.start_time DESC"])
-    return found[0] if found else None
-
-
-def parent_run(
-    client: MlflowClient, experiment: str, ray_path: str, space: SearchSpace, fingerprint: str, resume: bool,
-    data_root: str = "",
-) -> str:
-    """The search's parent run: found again on ``--resume``, created otherwise. (That the data did not
-    change since the search started is checked before, by :func:`tuning.search.check_same_data`.)"""
-    found = find_parent(client, experiment, ray_path) if resume else None
-    if found is not None:
-        client.update_run(found.info.run_id, status="RUNNING")
-        return found.info.run_id
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(exp_id, run_name=f"search-{space.name}", tags={
-        PARENT_TAG: ray_path, "git_revision": git_revision(), "data_fingerprint": fingerprint,
-        **({"data_root": data_root} if data_root else {}),
-        "space": space.name, "mlflow.note.content": space.text.split("\n", 1)[0],
-    })
-    rid = run.info.run_id
-    client.log_text(rid, space.text, f"space/{space.path.name}")
-    for k, v in {"metric": space.metric, "mode": space.mode, "num_samples": space.num_samples}.items():
-        client.log_param(rid, k, v)
-    return rid
-
-
-# ------------------------------------------------------------------------------ failed trials
-def error_text(trial: Any) -> str:
-    """Everything Ray wrote about the trial's failures (``error.txt``, one block per failure)."""
-    path = getattr(trial, "error_file", None)
-    try:
-        return Path(path).read_text() if path else ""
-    except OSError:
-        return ""
-
-
-def error_reason(trial: Any, text: str | None = None) -> str:
-    """One line saying why the trial failed: the trainable's own exception inside Ray's wrapper.
-
-    In Ray 2.60 ``on_trial_error`` gets only the trial (no exception argument, no ``error_message``
-    attribute). Before calling it Ray appends ``Failure # N (occurred at ...)`` and ``str(exc)`` to the
-    trial's ``error.txt`` on the driver; for a ``RayTaskError`` that text ends with the original
-    ``FloatingPointError: training loss is nan ...`` line, for a dead worker it starts with what
-    happened (``The actor died unexpectedly ...``). The text is read, never an unpickled object.
-    """
-    text = error_text(trial) if text is None else text
-    last = _ANSI.sub("", _FAILURE.split(text)[-1]).strip()
-    line = _last_exception_line(last)
-    if line:
-        return line
-    first = next((ln.strip() for ln in last.splitlines() if ln.strip()), "")
-    return first[:_MAX_TAG] or "trial failed (Ray wrote no error text)"
-
-
-_FAILURE = re.compile(r"^Failure # \d+ \(occurred at [^)]*\)\s*$", re.M)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Failure)(?:\([\w.]*\))?: [^\n]*)$", re.M)
-
-
-def _last_exception_line(text: str) -> str | None:
-    found = _EXC_LINE.findall(text)
-    return found[-1].strip()[:_MAX_TAG] if found else None
 
 
 # --------------------------------------------------------------------------- the write queue
@@ -454,99 +332,3 @@ class MlflowCallback(Callback):
                     self.client.log_artifacts(rid, str(f), f.name)
                 else:
                     self.client.log_artifact(rid, str(f), "checkpoint" if f.suffix == ".pt" else None)
-
-
-class _Dropped(Exception):
-    """A queued write that can never succeed."""
-
-
-def _permanent(e: Exception) -> bool:
-    """Whether retrying ``e`` cannot help: MLflow rejected the write itself, or our own code failed.
-    The store being away (MLflow's connection errors, sockets, HTTP and database drivers) is not."""
-    if isinstance(e, _Dropped):
-        return True
-    if isinstance(e, MlflowException):
-        return e.error_code in PERMANENT_CODES
-    if isinstance(e, OSError):  # ConnectionError, TimeoutError, a full disk on the store's side
-        return False
-    return type(e).__module__.split(".")[0] not in _TRANSPORT_MODULES
-
-
-_TRANSPORT_MODULES = {"requests", "urllib3", "http", "sqlalchemy", "sqlite3", "botocore", "boto3", "google", "azure"}
-
-
-def _short(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _flush_timeout() -> float:
-    try:
-        return max(0.0, float(os.environ.get(FLUSH_TIMEOUT_ENV, "120")))
-    except ValueError:
-        return 120.0
-
-
-def _curves_png(trial: Any) -> bytes | None:
-    """Training curves of a trial that did not finish, from Ray's ``result.json`` on the driver."""
-    try:
-        path = Path(trial.local_path) / "result.json"
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if not r.get("final") and "global_epoch" in r]
-        if not rows:
-            return None
-        from egomodel.visualize import training_curves
-
-        with tempfile.TemporaryDirectory() as tmp:
-            out = training_curves(rows, Path(tmp) / "curves.png",
-                                  f"trial {trial.trial_id}: stopped early at epoch {rows[-1]['global_epoch']}")
-            return out.read_bytes() if out else None
-    except Exception:  # noqa: BLE001 - a missing picture is no reason to lose the run's record
-        return None
-
-
-# ----------------------------------------------------------------------------- the parent run
-def undelivered(parent_id: str) -> int:
-    """Writes of this search that the callback could not deliver by the end of the experiment."""
-    return _UNDELIVERED.get(parent_id, 0)
-
-
-def log_search_summary(client: MlflowClient, parent_id: str, results: Any, space: SearchSpace) -> list[str]:
-    """At the end of a search: make sure MLflow has every trial, then log Optuna's plots and the
-    CSV of all trials to the parent run under ``search/``.
-
-    Raises TrackingError (a clean, resumable stop) when trial writes are still undelivered or the
-    store is unreachable; a plot that cannot be drawn is a note in ``search/notes.txt``, never an error.
-    Returns the artifact paths logged.
-    """
-    hint = ("; the search's results are kept in its Ray state: once the server is back, run the same command "
-            "with --resume to deliver them, register the champion and log the search's plots")
-    n = undelivered(parent_id)
-    if n:
-        raise TrackingError(f"MLflow {client.tracking_uri} is unreachable: {n} writes of this search were not "
-                            f"delivered{hint}")
-    try:
-        check_reachable(client.tracking_uri)
-    except TrackingError as e:
-        raise TrackingError(f"{e}{hint}") from None
-    from tuning import plots
-
-    exp_path = getattr(results, "experiment_path", None)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "search"
-        notes = plots.search_artifacts(client, parent_id, space, exp_path, out)
-        if notes:
-            (out / "notes.txt").write_text("\n".join(notes) + "\n")
-            for note in notes:
-                print(f"note: {note}")
-        logged = sorted(f"search/{f.name}" for f in out.iterdir())
-        with quick_http(timeout=60):
-            try:
-                client.log_artifacts(parent_id, str(out), "search")
-            except Exception as e:  # noqa: BLE001
-                raise TrackingError(f"could not log the search's plots to MLflow: {_short(e)}{hint}") from None
-    return logged

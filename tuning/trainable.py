@@ -31,7 +31,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from egomodel import checkpoint as ck
 from egomodel.engine import EpochReport, train
 from egomodel.stages import stage_plan
-from tuning.space import SearchSpace, runtime_overrides, trial_config
+from tuning.sampling import runtime_overrides, trial_config
+from tuning.space import SearchSpace
 from tuning.stage_store import StageStore
 
 # what a finished trial hands to MLflow (the test files only where the space sets evaluate_test)
