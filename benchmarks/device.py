@@ -94,8 +94,8 @@ def loader_rate(data: Path, batch: int, workers: int, size: int, frames: int, ba
 
 
 def short_training(data: Path, out: Path, device: torch.device, batch: int, workers: int, size: int,
-                   frames: int, packed: str, device_clips: bool = False) -> dict[str, Any]:
-    """Three stages of the feedback model at full image size (2/1/1 epochs): the trainer's own data-wait
+                   frames: int, packed: str, device_clips: bool = False, epochs_scale: float = 0.005) -> dict[str, Any]:
+    """Three stages of the feedback model at full image size (2/1/1 epochs at scale 0.005): the trainer's data-wait
     figure, with loader processes or (``device_clips``) clips held on the device."""
     from egomodel.config import from_dict
     from egomodel.engine import train
@@ -104,7 +104,7 @@ def short_training(data: Path, out: Path, device: torch.device, batch: int, work
         "data.root": str(data), "data.image_size": size, "data.frames": frames, "data.num_workers": workers,
         "data.packed_cache": packed, "data.device_clips": device_clips, "model.pretrained": "none",
         "train.device": device.type,
-        "train.epochs_scale": 0.005, "train.stage1.batch_size": batch, "train.stage2.batch_size": batch,
+        "train.epochs_scale": epochs_scale, "train.stage1.batch_size": batch, "train.stage2.batch_size": batch,
         "train.stage3.batch_size": batch, "train.eval_batch_size": batch,
     })
     t0 = time.perf_counter()
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--tiny", action="store_true", help="CI: 64 px, batch 2, 1 rep: checks that it runs")
     p.add_argument("--workers", type=int, default=8, help="loader processes for the data-path figures")
+    p.add_argument("--epochs-scale", type=float, default=0.005,
+                   help="train.epochs_scale of the short runs (0.005: 2/1/1 epochs of 3 batches)")
     p.add_argument("--skip", nargs="*", default=[], choices=["step", "memory", "gates", "compile", "data",
                                                                        "device_clips"])
     args = p.parse_args(argv)
@@ -134,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     size, frames = (64, 3) if args.tiny else (224, 7)
     batch = args.batch or (2 if args.tiny else 32 if device.type == "cuda" else 4)
     reps = 1 if args.tiny else args.reps
-    out: dict[str, Any] = {"device": describe(device), "batch": batch, "frames": frames, "size": size}
+    out: dict[str, Any] = {"device": describe(device), "batch": batch, "frames": frames, "size": size,
+                           "short_training_epochs_scale": args.epochs_scale}
     path = Path(args.json)
 
     def section(name: str, fn: Callable[[], dict[str, Any]]) -> None:
@@ -195,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         if "ours_clips_per_s" in out:
             res["loader_over_model_rate"] = packed / out["ours_clips_per_s"]
         # the trainer's own figure, with the packed cache filled in its first epoch
-        return {**res, **short_training(root, tmp / "run", device, batch, workers, size, frames, str(tmp / "packed2"))}
+        return {**res, **short_training(root, tmp / "run", device, batch, workers, size, frames, str(tmp / "packed2"),
+                                        epochs_scale=args.epochs_scale)}
 
     def on_device() -> dict[str, Any]:
         """The same short run with the training clips on the device (``data.device_clips``), batches made
@@ -205,13 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         root, tmp = dataset(), synthetic["tmp"]
         workers = 0 if args.tiny else args.workers
         res = short_training(root, tmp / "run2", device, batch, workers, size, frames, str(tmp / "packed2"),
-                             device_clips=True)
+                             device_clips=True, epochs_scale=args.epochs_scale)
         if device.type != "cuda":  # made inline there anyway
             return res
         default, device_clips.PREFETCH_CUDA = device_clips.PREFETCH_CUDA, 0
         try:
             inline = short_training(root, tmp / "run3", device, batch, workers, size, frames, str(tmp / "packed2"),
-                                    device_clips=True)
+                                    device_clips=True, epochs_scale=args.epochs_scale)
         finally:
             device_clips.PREFETCH_CUDA = default
         return {**res, **{k.replace("device_clips_training", "device_clips_inline"): v for k, v in inline.items()}}
