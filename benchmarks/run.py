@@ -174,7 +174,8 @@ def stage1_cache(data: Path, size: int, frames: int, reps: int) -> dict[str, Any
 
 def _ray(*args: str) -> None:
     # Ray 2.60 nodes started by hand must agree on token auth; these local ones use none
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # and trials at normal priority, as cluster.yaml starts its nodes
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"}
     subprocess.run([str(Path(sys.executable).parent / "ray"), *args], check=True, capture_output=True, env=env)
 
 

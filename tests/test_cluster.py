@@ -263,6 +263,15 @@ def test_mlflow_server_binds_the_private_ip_on_port_5000(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_nodes_run_trials_at_normal_priority(path: Path) -> None:
+    """Every ``ray start`` sets RAY_worker_niceness=0, as local searches do (Ray's default is nice 15)."""
+    cfg = prepared(path)
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2
+    assert all(re.search(r"RAY_worker_niceness=0 ray start", c) for c in starts), starts
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
 def test_nothing_listens_on_all_interfaces(path: Path) -> None:
     for cmd in all_commands(prepared(path)):
         assert "0.0.0.0" not in cmd and not re.search(r"--(dashboard-)?host[ =]+\"?(::|\*)", cmd), cmd

@@ -220,6 +220,22 @@ def test_head_local_storage_refused_on_multi_node(monkeypatch):
     search.connect_ray("auto", "s3://bucket/ray_results")  # a URI every node sees is fine
 
 
+def test_local_trials_run_at_normal_priority(monkeypatch):
+    """A local search starts Ray with its workers (the trials) at nice 0, not Ray's default 15."""
+    import ray
+
+    from tuning import search
+
+    monkeypatch.delenv(search.WORKER_NICENESS, raising=False)
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    search.connect_ray(None, "/tmp/ray_results")
+    assert os.environ[search.WORKER_NICENESS] == "0"
+    monkeypatch.setenv(search.WORKER_NICENESS, "5")  # a user's own setting wins
+    search.connect_ray(None, "/tmp/ray_results")
+    assert os.environ[search.WORKER_NICENESS] == "5"
+
+
 def test_retrain_reads_every_logged_param_back():
     """Params as the tracking callback logs them (str, lists as JSON) give back the same config,
     empty strings included (two_stream's checkpoint paths)."""

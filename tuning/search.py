@@ -77,11 +77,18 @@ def _check_port(address: str) -> None:
         raise SearchError(f"cannot connect to the Ray cluster at {address}: {e}") from None
 
 
+WORKER_NICENESS = "RAY_worker_niceness"  # Ray's setting (default 15) for the nice value of worker processes
+
+
 def connect_ray(address: str | None, storage: str) -> None:
     import ray
 
     if address not in (None, "auto", "local"):
         _check_port(address)
+    # Ray starts its workers (our trials) at nice 15, below the driver and Ray's own daemons: on a small
+    # machine a trial then stalls whenever the driver works. Trials are the work here: normal priority.
+    # (The cluster files start their nodes the same way.)
+    os.environ.setdefault(WORKER_NICENESS, "0")
     try:
         if address is None:
             ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [
