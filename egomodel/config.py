@@ -47,7 +47,9 @@ class DataConfig:
     mmap_reach: int = 5  # how far to look for the nearest existing motion map
     decoded_cache: int = 0  # decoded images kept in memory per loader process (0: decode every read)
     packed_cache: str = ""  # per-clip decoded frames on disk: "" off, "auto" ($EGOMODEL_CACHE/packed) or a folder
-    device_clips: bool = False  # training clips held on the training device, augmented there (RGB variants)
+    # training clips held on the training device, augmented there (RGB variants): true, false, or auto (on CUDA
+    # when the training split takes at most a quarter of the device's free memory)
+    device_clips: bool | str = False
     flow_stack: int = 5  # flow variants: consecutive warp-flow x/y frames per input (2 * flow_stack channels)
     flow_segments: int = 5  # flow variants: stacks averaged at evaluation, evenly over the clip
 
@@ -165,6 +167,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if set(typing.get_args(tp)) == {bool, str}:  # true, false or a word (data.device_clips: auto)
+        if isinstance(value, bool) or (isinstance(value, str) and value):
+            return value
+        raise ConfigError(f"{key}: expected true, false or a word, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
@@ -225,7 +231,9 @@ def validate(cfg: Config) -> Config:
     _check_choice("train.device", t.device, DEVICES)
     _check_choice("train.precision", t.precision, PRECISIONS)
     _check_choice("train.convlstm_gates", t.convlstm_gates, GATE_MODES)
-    if d.device_clips and m.variant not in RGB_VARIANTS:
+    if isinstance(d.device_clips, str) and d.device_clips != "auto":
+        raise ConfigError(f"data.device_clips: {d.device_clips!r}; expected true, false or auto")
+    if d.device_clips is True and m.variant not in RGB_VARIANTS:
         raise ConfigError(f"data.device_clips: the {m.variant} variant reads flow, which stays with the loader; "
                           f"only {', '.join(RGB_VARIANTS)} can hold their clips on the device")
     if not 0.0 <= m.tau <= 1.0:

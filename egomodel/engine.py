@@ -27,7 +27,7 @@ from tqdm import tqdm
 from egomodel import checkpoint as ck
 from egomodel.config import Config, dump, flatten
 from egomodel.data.dataset import ClipDataset, DataBundle, load_bundle, make_loader
-from egomodel.data.device_clips import DeviceClips
+from egomodel.data.device_clips import DeviceClips, wanted
 from egomodel.data.transforms import normalize_frames
 from egomodel.feature_cache import FeatureCache, evaluate_cached, train_cached_epoch
 from egomodel.model import EgoRNN, StagedModel, TwoStream, build_model
@@ -210,6 +210,7 @@ class _Run:
     best: dict[str, dict[str, float]] = field(default_factory=dict)
     from_store: list[dict[str, Any]] = field(default_factory=list)
     device_clips: DeviceClips | None = None
+    on_device: bool | None = None  # data.device_clips resolved (auto: by device and memory) at the first stage
 
     @property
     def ckdir(self) -> Path:
@@ -268,7 +269,9 @@ class _Run:
 
     def train_loader(self, batch_size: int, epoch_key: int) -> Any:
         """A stage's training loader: loader processes, or (``data.device_clips``) clips on the device."""
-        if not self.cfg.data.device_clips:
+        if self.on_device is None:
+            self.on_device = wanted(self.cfg.data.device_clips, self.train_ds, self.device)
+        if not self.on_device:
             return make_loader(self.train_ds, batch_size, self.cfg.data.num_workers, epoch_key=epoch_key)
         if self.device_clips is None:  # loaded once, for every stage of the run
             self.device_clips = DeviceClips(self.train_ds, self.device, self.progress)

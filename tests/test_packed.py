@@ -99,6 +99,28 @@ def test_device_clips_only_for_rgb_variants(tiny_root):
 
     with pytest.raises(ConfigError, match="data.device_clips"):
         load_config(None, ["data.device_clips=true", "model.variant=flow"])
+    with pytest.raises(ConfigError, match="data.device_clips: 'always'; expected true, false or auto"):
+        load_config(None, ["data.device_clips=always"])
+    assert load_config(None, ["data.device_clips=auto", "model.variant=flow"]).data.device_clips == "auto"
+
+
+def test_device_clips_auto_picks_cuda_when_the_clips_fit(tiny_root, capsys):
+    """``data.device_clips: auto``: on CUDA for RGB clips taking at most a quarter of the free memory; the
+    loader otherwise (on a CPU, for flow, or when they do not fit, saying so)."""
+    from egomodel.data.device_clips import wanted
+
+    ds, cuda = _ds(tiny_root), torch.device("cuda")
+    assert wanted(True, ds, torch.device("cpu")) and not wanted(False, ds, cuda, free=10**12)
+    assert not wanted("auto", ds, torch.device("cpu"))
+    assert wanted("auto", ds, cuda, free=10**12)
+    images, maps = ds.decoded(0)
+    need = len(ds) * (sum(np.asarray(im).nbytes for im in images) + sum(m.nbytes for m in maps))
+    assert wanted("auto", ds, cuda, free=4 * need) and not wanted("auto", ds, cuda, free=4 * need - 4)
+    assert "data.device_clips=auto: the training clips need about" in capsys.readouterr().out
+    clips = layout.scan(tiny_root)
+    flow = ClipDataset(clips, layout.class_names(clips), DataConfig(root=str(tiny_root), frames=3, image_size=64),
+                       seed=0, with_frames=False, with_flow=True)
+    assert not wanted("auto", flow, cuda, free=10**12)
 
 
 def test_device_clips_made_ahead_in_a_thread(tiny_root):

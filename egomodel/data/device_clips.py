@@ -49,6 +49,28 @@ def _box_weights(side: int, s: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
+def wanted(setting: bool | str, ds: ClipDataset, device: torch.device, free: int | None = None) -> bool:
+    """``data.device_clips`` for this run: true, false, or (``auto``) true on CUDA for an RGB dataset whose
+    training clips (estimated from the first) take at most a quarter of the device's free memory
+    (``free`` bytes; default: what CUDA reports). Auto falls back to the loader, saying why when it is
+    for memory."""
+    if isinstance(setting, bool):
+        return setting
+    if device.type != "cuda" or not ds.with_frames or ds.with_flow or len(ds) == 0:
+        return False
+    images, maps = ds.decoded(0)
+    frames = [np.asarray(im) for im in images]
+    if len({f.shape[:2] for f in frames} | {m.shape[:2] for m in maps or []}) != 1:
+        return False  # frames and motion maps of different sizes: the loader handles those
+    need = len(ds) * (sum(f.nbytes for f in frames) + sum(m.nbytes for m in maps or []))
+    free = torch.cuda.mem_get_info(device)[0] if free is None else free
+    if need > free / 4:
+        tqdm.write(f"data.device_clips=auto: the training clips need about {need / 2**30:.1f} GB, more than a "
+                   f"quarter of the {free / 2**30:.1f} GB free on {device}; the loader processes augment them")
+        return False
+    return True
+
+
 class DeviceClips:
     """The training split's clips as uint8 tensors on ``device``; :meth:`loader` gives training batches."""
 
