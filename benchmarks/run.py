@@ -105,11 +105,6 @@ def search_cost(tmp: Path, data: Path, trials: int) -> dict[str, Any]:
 def tune_overhead(tmp: Path, data: Path, reps: int) -> dict[str, Any]:
     """A smoke trial's time under Ray Tune (its own time_total_s) vs the same engine.train directly;
     also under Tune with the space's ``plots: false`` (the trial's pictures are its largest fixed cost)."""
-    import torch
-
-    from egomodel.config import from_dict
-    from egomodel.engine import train
-
     point = {"model.alpha": 1.0}
     tuned_by = {}
     for plots in (True, False):
@@ -121,20 +116,36 @@ def tune_overhead(tmp: Path, data: Path, reps: int) -> dict[str, Any]:
         _search(work, space, data, "--no-stage-store")
         tuned_by[plots] = [r[-1]["time_total_s"] for r in _rows(work / "ray_results" / name).values()]
     tuned = tuned_by[True]
-    direct = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what Ray gives a 1-CPU trial
-    try:
-        for i in range(reps):
-            cfg = from_dict({}, {**BASE, "model.alpha": 1.0, "data.root": str(data)})
-            t0 = time.perf_counter()
-            train(cfg, work / f"direct{i}", evaluate_test=False, progress=False)
-            direct.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(threads)
+    # each direct run in a fresh process with one thread, as each trial gets a fresh 1-CPU Ray worker:
+    # an in-process run after the other benchmarks would start with warm caches the trial never has
+    direct = [_direct_train(data, work / f"direct{i}") for i in range(reps)]
     return {"tune_overhead_ratio": statistics.median(tuned) / statistics.median(direct),
             "tune_overhead_ratio_without_plots": statistics.median(tuned_by[False]) / statistics.median(direct),
             "trial_s_under_tune": statistics.median(tuned), "trial_s_direct": statistics.median(direct)}
+
+
+DIRECT = """
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from egomodel.config import from_dict
+from egomodel.engine import train
+cfg = from_dict({}, json.loads(sys.argv[1]))
+t0 = time.perf_counter()
+train(cfg, sys.argv[2], evaluate_test=False, progress=False)
+print(json.dumps({"seconds": time.perf_counter() - t0}))
+"""
+
+
+def _direct_train(data: Path, out: Path) -> float:
+    """Seconds of ``egomodel.engine.train`` on the overhead trial's config, in a fresh one-thread process
+    (imports not counted, as a trial's time_total_s does not count its worker's)."""
+    overrides = json.dumps({**BASE, "model.alpha": 1.0, "data.root": str(data)})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", DIRECT, overrides, str(out)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"direct training failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
 
 
 def stage1_cache(data: Path, size: int, frames: int, reps: int) -> dict[str, Any]:
