@@ -77,6 +77,7 @@ def test_smoke_search_records_everything_in_mlflow(searched):
         assert steps == sorted(set(steps)) and steps[0] == 1
         if outcome == "completed":
             assert child.info.status == "FINISHED" and steps[-1] == 7
+            assert 0 < child.data.metrics["trial_wall_s"] < 600  # the trial's own wall time
             assert {"stage1_start_epoch", "stage2_start_epoch", "stage3_start_epoch"} <= set(child.data.tags)
             arts = {a.path for a in client.list_artifacts(child.info.run_id)}
             assert {"checkpoint", "confusion_val.png", "per_class_val.csv"} <= arts

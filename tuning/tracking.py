@@ -275,7 +275,8 @@ class MlflowCallback(Callback):
         last = trial.last_result or {}
         tid = trial.trial_id
         if last.get("final"):
-            finals = {"best_val_top1": last["val_top1"], "test_top1": last.get("test_top1")}  # test: table3-like spaces
+            finals = {"best_val_top1": last["val_top1"], "test_top1": last.get("test_top1"),  # test: table3-like
+                      "trial_wall_s": last.get("trial_wall_s")}
             self._put(tid, "batch", metrics=[(k, float(v), _now_ms(), int(last["global_epoch"]))
                                              for k, v in finals.items() if v is not None], tags={})
             if trial.checkpoint is not None:

@@ -125,6 +125,7 @@ def _fault_arm(trial_dir: Path) -> Any:
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    started = time.perf_counter()  # the trial's own wall time, reported as trial_wall_s
     cfg = trial_config(setup.space, config, runtime_overrides(setup.space, setup.data_root, setup.seed))
     trial_dir = Path(tune.get_context().get_trial_dir())
     work = trial_dir / "work"
@@ -179,6 +180,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         tune.report(
             {**last, "epoch_val_top1": last.get("val_top1"), "val_top1": final["val_top1"], "final": True,
              "mean_data_wait_fraction": final["data_wait_fraction"],
+             "trial_wall_s": time.perf_counter() - started,  # training, pictures, checkpoint hand-over
              **({"test_top1": final["test_top1"]} if final.get("test_top1") is not None else {})},
             checkpoint=tune.Checkpoint.from_directory(str(folder)),
         )
