@@ -103,11 +103,11 @@ class DeviceClips:
             return None
         return run
 
-    def start_ahead(self, make_items: list[list[tuple[int, int]]], key: tuple[int, int], depth: int) -> None:
+    def start_ahead(self, chunks: list[list[tuple[int, int]]], key: tuple[int, int], depth: int) -> None:
         """Start making the batches a loader expects to read next (kept across the loaders of a run's
         stages: the next stage's first epoch usually has the next key and the same batch size)."""
         self.close()
-        self._ahead = Ahead(self.batch, make_items, self.device, depth, key)
+        self._ahead = Ahead(self.batch, chunks, self.device, depth, key)
 
     def close(self) -> None:
         """Stop the thread making batches ahead (it holds this object: call this when training is done)."""
