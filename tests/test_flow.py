@@ -202,20 +202,25 @@ def test_flow_model_learns_the_motion_only_classes(tmp_path: Path):
     assert correct >= 0.75 * clips, f"motion-only pair: {correct}/{clips} correct (test top-1 {out['test_top1']})"
 
 
-def test_champion_pyfunc_takes_named_inputs_for_flow_models(tmp_path):
-    """A flow or two-stream champion predicts from {"flow": ...} / {"frames": ..., "flow": ...}."""
+def _champion(tmp_path, cfg):
+    """A random model of ``cfg`` saved as a checkpoint, and the champion pyfunc loaded from it."""
     from types import SimpleNamespace
 
     from egomodel import checkpoint as ck
     from tuning.champion import EgoRNNModel
 
-    cfg = _cfg("flow", **{"data.flow_stack": 2})
     torch.manual_seed(0)
     model = build_model(cfg, C)
-    path = ck.save(tmp_path / "stage1_best.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
-                                                 "classes": [f"c{i}" for i in range(C)], "stage": 1, "epoch": 1})
+    path = ck.save(tmp_path / "best.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
+                                          "classes": [f"c{i}" for i in range(C)], "stage": 1, "epoch": 1})
     pyfunc = EgoRNNModel()
     pyfunc.load_context(SimpleNamespace(artifacts={"checkpoint": str(path)}))
+    return model, pyfunc
+
+
+def test_champion_pyfunc_takes_named_inputs_for_flow_models(tmp_path):
+    """A flow or two-stream champion predicts from {"flow": ...} / {"frames": ..., "flow": ...}."""
+    model, pyfunc = _champion(tmp_path, _cfg("flow", **{"data.flow_stack": 2}))
     flow = np.random.default_rng(0).standard_normal((2, 3, 4, SIZE, SIZE)).astype(np.float32)
     probs = pyfunc.predict(None, {"flow": flow})
     assert probs.shape == (2, C) and np.allclose(probs.sum(1), 1, atol=1e-5)
@@ -228,19 +233,9 @@ def test_champion_pyfunc_takes_named_inputs_for_flow_models(tmp_path):
 
 def test_champion_pyfunc_normalises_uint8_frames(tmp_path):
     """ClipDataset gives uint8 frames: the champion takes them as they are, or float32 already normalised."""
-    from types import SimpleNamespace
-
-    from egomodel import checkpoint as ck
     from egomodel.data.transforms import normalize_frames
-    from tuning.champion import EgoRNNModel
 
-    cfg = _cfg("attention")
-    torch.manual_seed(0)
-    model = build_model(cfg, C)
-    path = ck.save(tmp_path / "stage2_best.pt", {"model": model.state_dict(), "config": cfg.to_dict(),
-                                                 "classes": [f"c{i}" for i in range(C)], "stage": 2, "epoch": 1})
-    pyfunc = EgoRNNModel()
-    pyfunc.load_context(SimpleNamespace(artifacts={"checkpoint": str(path)}))
+    _, pyfunc = _champion(tmp_path, _cfg("attention"))
     raw = np.random.default_rng(0).integers(0, 256, (2, 3, 3, SIZE, SIZE), dtype=np.uint8)
     as_uint8 = pyfunc.predict(None, raw)
     as_float = pyfunc.predict(None, normalize_frames(torch.from_numpy(raw)).numpy())
