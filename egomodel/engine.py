@@ -175,18 +175,8 @@ def train(
                 model.load_state_dict(ck.load(ckdir / ck.best_name(plan[i - 1].number))["model"])
             if store is None:
                 run.stage(stage, offsets[i])
-                continue
-            key = stage_key(cfg, bundle.fingerprint, stage.number)
-            stored = store.get_or_claim(key, owner)
-            if stored is not None:
-                run.load_stored(stage, offsets[i], stored, key)
-                continue
-            try:
-                run.stage(stage, offsets[i])
-            except BaseException:
-                store.release(key)
-                raise
-            store.put(key, run.stored_payload(stage, owner))
+            else:
+                run.stage_through_store(stage, offsets[i], store, owner)
     finally:
         if run.device_clips is not None:
             run.device_clips.close()  # its thread: the batches it started for an epoch that never comes
@@ -266,6 +256,21 @@ class _Run:
                        f"val {metrics.get('val_top1', float('nan')):.3f} wait {metrics['data_wait_fraction']:.1%}")
             if self.callback is not None:
                 self.callback(EpochReport(stage.number, epoch, g, stage.epochs, metrics, is_best, self.ckdir))
+
+    def stage_through_store(self, stage: Stage, offset: int, store: StageStore, owner: str) -> None:
+        """The stage from the store when a trial has computed it; else computed here (holding its lease)
+        and stored."""
+        key = stage_key(self.cfg, self.bundle.fingerprint, stage.number)
+        stored = store.get_or_claim(key, owner)
+        if stored is not None:
+            self.load_stored(stage, offset, stored, key)
+            return
+        try:
+            self.stage(stage, offset)
+        except BaseException:
+            store.release(key)
+            raise
+        store.put(key, self.stored_payload(stage, owner))
 
     def train_loader(self, batch_size: int, epoch_key: int) -> Any:
         """A stage's training loader: loader processes, or (``data.device_clips``) clips on the device."""

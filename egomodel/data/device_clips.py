@@ -115,10 +115,6 @@ class DeviceClips:
             self._ahead.close()
             self._ahead = None
 
-    @property
-    def nbytes(self) -> int:
-        return self.frames.numel() + (self.maps.numel() if self.maps is not None else 0)
-
     def batch(self, items: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """Training batch for ``(clip, epoch key)`` items. Clips are grouped by crop side (the four
         scales); each group is one gather, one resize and one flip, not a kernel per clip."""
