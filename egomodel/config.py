@@ -103,6 +103,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model's forward (nn.Module.compile; checkpoints unchanged)
     eps: float = 1e-4
     eval_batch_size: int = 8
+    # recompute trainable BN layers' statistics over the training clips after each epoch, before validation
+    # and checkpoints (a forward pass, ~1/3 of an epoch): for short runs from random weights
+    precise_bn: bool = False
     stage1_views: int = 0  # stage-1 feature cache: augmentation draws cached per clip (0: off, fresh draws)
     stage1: StageConfig = _stage(300, 1e-3, [25, 75, 150], 32, ["convlstm", "classifier"])
     stage2: StageConfig = _stage(

@@ -36,7 +36,7 @@ from egomodel.model.convlstm import ConvLSTM
 from egomodel.prefix import StageStore, shared_state, stage_key
 from egomodel.report import confusion, plot_confusion, write_per_class
 from egomodel.stages import Stage, apply_stage, stage_plan
-from egomodel.steps import evaluate, pick_device, train_epoch
+from egomodel.steps import evaluate, pick_device, precise_bn, train_epoch
 from egomodel.streams import load_streams, stream_sources
 
 # keys that may differ between a run and its resume without changing the result
@@ -235,6 +235,8 @@ class _Run:
                     loader = self.train_loader(stage.batch_size, g)
                 loader.sampler.set_epoch(g)
                 metrics = train_epoch(model, loader, opt, cfg, device, desc, self.progress, ms_on)
+                if cfg.train.precise_bn:
+                    precise_bn(model, loader, cfg, device)
             sched.step()
             metrics["lr"] = lr
             if self.bundle.val:

@@ -176,3 +176,34 @@ def build_model_state_keys(root):
     from egomodel.model import build_model
 
     return build_model(tiny_config(root), 4).state_dict().keys()
+
+
+def test_precise_bn_recomputes_the_trainable_bn_statistics_only():
+    """``train.precise_bn``: after an epoch, each BN layer that trains gets the exact mean and variance of
+    its inputs over the training clips with the final weights; frozen blocks keep their statistics."""
+    from torch import nn
+
+    from egomodel.config import from_dict
+    from egomodel.model import build_model
+    from egomodel.stages import apply_stage
+    from egomodel.steps import precise_bn
+
+    torch.manual_seed(0)
+    cfg = from_dict({}, {"model.variant": "flow", "model.pretrained": "none", "data.image_size": 32,
+                         "data.flow_stack": 2, "train.precision": "fp32"})
+    model = build_model(cfg, 3)
+    apply_stage(model, ["layer4", "classifier"])
+    frozen_before = model.backbone.bn1.running_mean.clone()
+    bn = model.backbone.layer4[0].bn1
+    batches = [{"flow": torch.randn(4, 4, 32, 32), "label": torch.zeros(4, dtype=torch.long)} for _ in range(3)]
+    seen = []
+    hook = bn.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    assert precise_bn(model, batches, cfg, torch.device("cpu")) == sum(
+        isinstance(m, nn.BatchNorm2d) for m in model.backbone.layer4.modules())
+    hook.remove()
+    x = torch.cat(seen)  # (N, C, H, W): the same count of values per batch, so the mean of means is exact
+    assert torch.allclose(bn.running_mean, x.mean((0, 2, 3)), atol=1e-5)
+    per_batch_var = torch.stack([s.var((0, 2, 3), unbiased=True) for s in seen]).mean(0)
+    assert torch.allclose(bn.running_var, per_batch_var, rtol=1e-4)  # BN averages each batch's unbiased variance
+    assert torch.equal(model.backbone.bn1.running_mean, frozen_before)
+    assert bn.momentum == 0.1  # the layer's own momentum is back for the next epoch
