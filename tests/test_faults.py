@@ -4,9 +4,7 @@ set changed before ``--resume``. Nothing is lost, nothing is doubled, nothing ru
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +14,7 @@ import torch
 from egomodel import checkpoint as ck
 from egomodel.data.dataset import load_bundle
 from egomodel.engine import train
-from tests.conftest import tiny_config
+from tests.conftest import kill_session, tiny_config
 from tests.test_reliability import _ray_epochs, own_ray_env, steps
 from tests.test_search import client_of, search_cmd, write_space
 from tuning.sampling import trial_config
@@ -87,7 +85,7 @@ def test_resume_refused_when_the_data_changed(tmp_path, tiny_root):
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not any(_ray_epochs(exp_dir).values()):
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_session(proc.pid)  # the driver and the Ray it started
     proc.wait()
     before = _ray_epochs(exp_dir)
     assert any(before.values()) and (exp_dir / RECORD).exists()  # killed mid-search: there is something to resume

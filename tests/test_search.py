@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.conftest import kill_session
 from tuning.space import SPACES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,8 +144,8 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_root):
     spec = yaml.safe_load(space.read_text())
     spec["base"]["train.epochs_scale"] = 0.005  # 2/1/1 epochs
     space.write_text(yaml.safe_dump(spec))
-    proc = subprocess.Popen(search_cmd(space, tiny_root), cwd=tmp_path, env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(search_cmd(space, tiny_root), cwd=tmp_path, env={**env(), "RAY_ADDRESS": "local"},
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     exp_dir = tmp_path / "ray_results" / "test_space"
     deadline = time.time() + 600
     while time.time() < deadline and not _finished_trials(exp_dir):
@@ -153,9 +153,8 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_root):
     before = _finished_trials(exp_dir)
     assert before, "no trial finished before the deadline"
     time.sleep(3)  # let the driver get into the next trial
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_session(proc.pid)  # the driver and the Ray it started, nothing else
     proc.wait()
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
 
     again = subprocess.run(search_cmd(space, tiny_root), cwd=tmp_path, env=env(), capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr  # refuses to overwrite the old search
