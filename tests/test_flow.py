@@ -21,7 +21,7 @@ from egomodel.model import FlowNet, TwoStream, build_model
 from egomodel.model.backbone import imagenet_weights_path
 from egomodel.model.flow import flow_resnet34
 from egomodel.stages import apply_stage, stage_plan
-from tests.conftest import tiny_config
+from tests.conftest import per_class, tiny_config, untrained_control
 
 SIZE, B, C = 64, 2, 5
 
@@ -183,23 +183,44 @@ def test_two_stream_trains_from_stream_checkpoints(tmp_path, tiny_root):
         train(bad, tmp_path / "bad", progress=False)
 
 
+# The flow test's setting: Adam instead of Ego-RNN's SGD (lr 1e-2 from random weights diverged: losses
+# of 3-6 after a few epochs), and BN statistics recomputed after each epoch (without, eval mode
+# predicted one class for every clip while train mode had 0.8 top-1).
+FLOW_SETTING = {
+    "model.variant": "flow", "model.pretrained": "none", "model.dropout": 0.0, "data.image_size": 32,
+    "data.frames": 2, "data.num_workers": 0, "train.device": "cpu", "train.precision": "fp32",
+    "train.precise_bn": True, "train.flow.optimizer": "adam", "train.flow.lr": 3e-4, "train.flow.epochs": 10,
+    "train.flow.milestones": [], "train.flow.batch_size": 8,
+}
+PAIR = ("shake_cup", "stir_cup")
+RUNS = ((0, 1), (1, 4))  # (train seed, data seed): two runs, 24 test clips of the pair in all
+PAIR_MIN = 16  # of 24: two thirds; a model that puts every clip of the pair in one class gets 12
+
+
 @pytest.mark.timeout(600)
 def test_flow_model_learns_the_motion_only_classes(tmp_path: Path):
     """shake_cup and stir_cup share their object and differ by motion alone: from random weights the
-    flow stream separates them on the unseen test user (measured: 12/12 after 8 epochs, ~100 s
-    with the other core busy; a model at chance among 3 classes gets >= 9/12 with p < 0.01)."""
-    root = generate(tmp_path / "d", classes=3, clips_per_class=6, frames=8, size=(64, 64), seed=0, users=4)
-    cfg = from_dict({}, {
-        "model.variant": "flow", "model.pretrained": "none", "model.dropout": 0.0, "data.image_size": 32,
-        "data.frames": 2, "data.num_workers": 0, "data.root": str(root), "train.device": "cpu",
-        "train.precision": "fp32", "train.flow.epochs": 8, "train.flow.milestones": [], "train.flow.batch_size": 8,
-    })
-    out = train(cfg, tmp_path / "flow", progress=False)
-    table = (tmp_path / "flow" / "per_class_test.csv").read_text().split()[1:]
-    rows = {line.split(",")[0]: line.split(",") for line in table}
-    pair = [rows["shake_cup"], rows["stir_cup"]]
-    correct, clips = sum(int(r[2]) for r in pair), sum(int(r[1]) for r in pair)
-    assert correct >= 0.75 * clips, f"motion-only pair: {correct}/{clips} correct (test top-1 {out['test_top1']})"
+    flow stream separates them on the unseen test user, counted over two runs of different seeds.
+
+    Measured with this setting on the 2-core AMD EPYC (AVX-512 BF16) and with ATEN_CPU_CAPABILITY=avx2
+    ONEDNN_MAX_CPU_ISA=AVX2 (another CPU's kernels), seeds (t, (3t+1) mod 8) for t = 0-7, 16 runs: 7-12 of
+    12 per run (median 10.5), so one run alone says little (7/12 is one clip above a one-class model);
+    over two runs, the pairs t = (0, 1), (2, 3), (4, 5), (6, 7) on both paths: 19-22 of 24 (this test's
+    two runs: 19 and 20). The bound sits 3 clips under the worst. About 45 s per run on one core.
+    The control, the same models at their initial weights, must stay under the bound."""
+    correct = clips = control_correct = 0
+    for seed, data_seed in RUNS:
+        work = tmp_path / f"seed{seed}"
+        root = generate(work / "d", classes=3, clips_per_class=6, frames=8, size=(64, 64), seed=data_seed, users=4)
+        cfg = from_dict({}, {**FLOW_SETTING, "train.seed": seed, "data.root": str(root)})
+        out = train(cfg, work / "flow", progress=False)
+        rows = per_class(work / "flow" / "per_class_test.csv")
+        correct += sum(rows[c][1] for c in PAIR)
+        clips += sum(rows[c][0] for c in PAIR)
+        control = untrained_control(out["best_checkpoint"], work / "control")
+        control_correct += sum(control[c][1] for c in PAIR)
+    assert clips == 24 and correct >= PAIR_MIN, f"motion-only pair: {correct}/{clips} correct over {RUNS}"
+    assert control_correct < PAIR_MIN, f"the untrained control meets the bound: {control_correct}/{clips}"
 
 
 def _champion(tmp_path, cfg):
