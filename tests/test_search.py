@@ -131,6 +131,21 @@ def test_retrain_champion(searched):
     assert metrics["num_val_clips"] == 0 and metrics["test_top1"] is not None
 
 
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL a driver started with ``start_new_session`` and every process left in its session (Ray's
+    daemons, whatever process group they made): only what this test started, never another Ray on the
+    machine (which ``ray stop --force`` would end too)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            session = int(stat.read_text().rsplit(")", 1)[1].split()[3])  # after comm: state ppid pgrp session
+            if session == proc.pid:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+
+
 def _finished_trials(exp_dir: Path) -> set[str]:
     done = set()
     for f in exp_dir.glob("*/result.json"):
@@ -153,9 +168,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_root):
     before = _finished_trials(exp_dir)
     assert before, "no trial finished before the deadline"
     time.sleep(3)  # let the driver get into the next trial
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    kill_session(proc)
 
     again = subprocess.run(search_cmd(space, tiny_root), cwd=tmp_path, env=env(), capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr  # refuses to overwrite the old search
