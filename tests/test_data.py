@@ -30,7 +30,7 @@ def test_motion_target_is_the_area_fraction_per_cell():
 def test_threshold_tau_turns_fractions_into_labels():
     import torch
 
-    from egomodel.losses import ms_loss
+    from egomodel.training.losses import ms_loss
 
     target = torch.tensor([[[[0.1, 0.3], [0.2, 0.25]]]])  # (B=1, T=1, 2, 2)
     logits = torch.zeros(1, 1, 2, 2, 2)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from egomodel import checkpoint as ck
 from egomodel.data.dataset import load_bundle
-from egomodel.engine import train
+from egomodel.training import checkpoint as ck
+from egomodel.training.engine import train
 from tests.conftest import tiny_config
 from tests.test_reliability import _ray_epochs, own_ray_env, steps
 from tests.test_search import client_of, search_cmd, write_space

@@ -28,7 +28,7 @@ import pytest
 
 from egomodel.config import from_dict
 from egomodel.data.synthetic import generate
-from egomodel.engine import train
+from egomodel.training.engine import train
 
 CLASSES = 8
 CHANCE = 1 / CLASSES

@@ -494,7 +494,7 @@ class _Payload:
 
 
 def test_a_checkpoint_with_a_pickled_object_is_refused(tmp_path):
-    from egomodel import checkpoint as ck
+    from egomodel.training import checkpoint as ck
 
     torch.save({"format": ck.FORMAT, "model": {}, "x": _Payload()}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="cannot be read"):

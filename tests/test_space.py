@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from egomodel.config import BLOCKS, known_keys
-from egomodel.stages import stage_plan
+from egomodel.training.stages import stage_plan
 from tuning.sampling import DefineByRun, decode, encode_point, optuna_name, resolve_grace_period, trial_config
 from tuning.space import SPACES_DIR, SearchSpace, list_spaces, load_space
 from tuning.space_error import SpaceError

@@ -1,4 +1,5 @@
-"""egomodel.visualize: training curves, CAM overlays and feedback β/γ maps of a model, as PNG files."""
+"""egomodel.reporting.pictures (and its command, egomodel.visualize): training curves, CAM overlays and
+feedback β/γ maps of a model, as PNG files."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from egomodel import checkpoint as ck
-from egomodel import visualize as vis
 from egomodel.config import ModelConfig
 from egomodel.data.dataset import load_bundle
 from egomodel.model import EgoRNN
-from egomodel.stages import apply_stage
+from egomodel.reporting import pictures as vis
+from egomodel.training import checkpoint as ck
+from egomodel.training.stages import apply_stage
 from tests.conftest import tiny_config
 
 SIZE, T, C = 64, 3, 4
@@ -214,7 +215,7 @@ def test_trials_csv_has_every_trial(tmp_path):
 
 def test_grid_pictures_are_pasted_one_to_one(tmp_path):
     """The CAM and feedback grids are one pasted picture: each panel lands, unresampled, where the layout says."""
-    from egomodel.mosaic import Layout, colorize, grid_figure, paste
+    from egomodel.reporting.mosaic import Layout, colorize, grid_figure, paste
 
     layout = Layout(rows=2, cols=3, cell=40, left=30)
     red, blue = np.zeros((40, 40, 3), np.float32), np.zeros((40, 40, 3), np.float32)

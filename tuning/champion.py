@@ -22,7 +22,7 @@ _REPO = Path(__file__).resolve().parents[1]
 
 class EgoRNNModel(PythonModel):
     def load_context(self, context: Any) -> None:
-        from egomodel.checkpoint import load_model
+        from egomodel.training.checkpoint import load_model
 
         self.model, self.cfg, self.classes = load_model(context.artifacts["checkpoint"])
 

@@ -74,7 +74,7 @@ def _save(ax: Any, path: Path) -> Path:
 
 def study_plots(study: optuna.Study, out_dir: str | Path) -> tuple[list[Path], list[str]]:
     """Optuna's three plots as PNGs; returns (files written, notes on the plots skipped)."""
-    from egomodel.mosaic import pyplot
+    from egomodel.reporting.mosaic import pyplot
 
     pyplot()  # the Agg backend
     from optuna.visualization import matplotlib as ovm

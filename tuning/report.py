@@ -79,7 +79,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """Horizontal bars: ours (mean, std as error bar) beside the paper's figure."""
-    from egomodel.mosaic import pyplot
+    from egomodel.reporting.mosaic import pyplot
 
     plt = pyplot()
 

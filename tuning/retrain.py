@@ -18,7 +18,7 @@ import yaml
 
 from egomodel.config import Config, ConfigError, from_dict, known_keys
 from egomodel.data.layout import DataError
-from egomodel.engine import train
+from egomodel.training.engine import train
 from tuning.champion import ALIAS
 from tuning.mlflow_runs import TrackingError, check_reachable
 

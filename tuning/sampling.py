@@ -137,7 +137,7 @@ def resolve_grace_period(space: SearchSpace, cfg: ecfg.Config) -> int:
     """ASHA's grace period in epochs: as given, or "auto" = the first epoch after stage 1."""
     if space.scheduler.grace_period is not None:
         return space.scheduler.grace_period
-    from egomodel.stages import scale_schedule  # imports torch; only the driver needs this
+    from egomodel.training.stages import scale_schedule  # imports torch; only the driver needs this
 
     s1 = cfg.train.stage1
     return scale_schedule(s1.epochs, s1.milestones, cfg.train.epochs_scale)[0] + 1

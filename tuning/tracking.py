@@ -5,7 +5,7 @@ fingerprint, best trial, and at the end the Optuna plots and a CSV of all trials
 one child run per trial tagged ``mlflow.parentRunId`` with every egomodel key as a dotted param,
 per-epoch metrics at step = global epoch, the best checkpoint, the validation confusion matrix and
 per-class accuracy, and the trial's pictures under ``plots/`` (training curves, CAM overlays,
-feedback β/γ maps; drawn by the trial with :mod:`egomodel.visualize`). Trials never touch MLflow, so
+feedback β/γ maps; drawn by the trial with :mod:`egomodel.reporting.pictures`). Trials never touch MLflow, so
 a SQLite store is never written by many processes at once.
 
 A failed trial's run ends ``FAILED`` with tag ``egosearch.outcome=failed``, tag ``error`` holding the

@@ -28,9 +28,9 @@ from typing import Any
 from ray import tune
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from egomodel import checkpoint as ck
-from egomodel.engine import EpochReport, train
-from egomodel.stages import stage_plan
+from egomodel.training import checkpoint as ck
+from egomodel.training.engine import EpochReport, train
+from egomodel.training.stages import stage_plan
 from tuning.sampling import runtime_overrides, trial_config
 from tuning.space import SearchSpace
 from tuning.stage_store import StageStore
@@ -38,7 +38,7 @@ from tuning.stage_store import StageStore
 # what a finished trial hands to MLflow (the test files only where the space sets evaluate_test)
 FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "confusion_test.png", "per_class_test.csv",
                "config.yaml", "plots")
-PLOTS = "plots"  # training curves, CAM overlays, feedback beta/gamma maps (egomodel.visualize)
+PLOTS = "plots"  # training curves, CAM overlays, feedback beta/gamma maps (egomodel.reporting.pictures)
 FAULT_KILL_ENV = "EGOSEARCH_FAULT_KILL_AT_EPOCH"  # tests only: see the module docstring
 FAULT_MARKER = "fault_killed"
 
@@ -96,7 +96,7 @@ def _local_is_newer(ckdir: Path, restored: tune.Checkpoint) -> bool:
 
 def _plots(checkpoint: Path, out: Path, history: list | None) -> None:
     """The trial's pictures; a plotting failure is printed, never a failed trial."""
-    from egomodel.visualize import model_plots
+    from egomodel.reporting.pictures import model_plots
 
     shutil.rmtree(out, ignore_errors=True)
     try:

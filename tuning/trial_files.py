@@ -59,7 +59,7 @@ def _curves_png(trial: Any) -> bytes | None:
         rows = [r for r in rows if not r.get("final") and "global_epoch" in r]
         if not rows:
             return None
-        from egomodel.visualize import training_curves
+        from egomodel.reporting.pictures import training_curves
 
         with tempfile.TemporaryDirectory() as tmp:
             out = training_curves(rows, Path(tmp) / "curves.png",

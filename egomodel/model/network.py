@@ -43,7 +43,7 @@ class EgoRNN(StagedModel):
         if cfg.variant == "feedback":
             channels, _ = POINT_SHAPES[cfg.insertion]
             self.feedback = FeedbackBranch(channels, mid=cfg.feedback_channels)
-        # whether the feedback branch runs; set by egomodel.stages.apply_stage, saved in checkpoints
+        # whether the feedback branch runs; set by egomodel.training.stages.apply_stage, saved in checkpoints
         self.register_buffer("feedback_on", torch.zeros((), dtype=torch.bool))
 
     # ----------------------------------------------------------------- blocks and freezing

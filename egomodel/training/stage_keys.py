@@ -5,8 +5,8 @@ code. :func:`stage_key` hashes exactly those; :func:`shared_state` keeps the wei
 determines (stage 1 does not touch the MS head or the feedback branch, whose shapes depend on
 later-stage keys, so they are left out of a stored stage-1 result).
 
-The store itself is injected into the engine (``StageStore``); ``tuning.stage_store`` implements it
-on a local path or a cloud URI.
+The store itself is injected into the engine (``StageStore``); ``tuning.execution.stage_store``
+implements it on a local path or a cloud URI.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ LATER_KEYS = {
 }
 # modules whose shapes or values depend on LATER_KEYS: not part of a stored result of that stage
 LATER_MODULES = {1: ("ms_head.", "feedback.", "feedback_on"), 2: ("feedback.", "feedback_on"), 3: ()}
+SOURCE = Path(__file__).resolve().parents[1]  # the whole egomodel package, whose code a stage result depends on
 
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """Hash of egomodel's source: a change to the code invalidates stored stages."""
     h = hashlib.sha256()
-    root = Path(__file__).resolve().parent
-    for f in sorted(root.rglob("*.py")):
-        h.update(f.relative_to(root).as_posix().encode())
+    for f in sorted(SOURCE.rglob("*.py")):
+        h.update(f.relative_to(SOURCE).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 

@@ -24,20 +24,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from egomodel import checkpoint as ck
 from egomodel.config import Config, dump, flatten
 from egomodel.data.dataset import ClipDataset, DataBundle, load_bundle, make_loader
 from egomodel.data.device_clips import DeviceClips, wanted
 from egomodel.data.transforms import normalize_frames
-from egomodel.feature_cache import FeatureCache, evaluate_cached, train_cached_epoch
 from egomodel.model import EgoRNN, StagedModel, TwoStream, build_model
 from egomodel.model.backbone import calibrate_batchnorm
 from egomodel.model.convlstm import ConvLSTM
-from egomodel.prefix import StageStore, shared_state, stage_key
-from egomodel.report import confusion, plot_confusion, write_per_class
-from egomodel.stages import Stage, apply_stage, stage_plan
-from egomodel.steps import evaluate, pick_device, train_epoch
-from egomodel.streams import load_streams, stream_sources
+from egomodel.reporting.confusion import confusion, plot_confusion, write_per_class
+from egomodel.training import checkpoint as ck
+from egomodel.training.feature_cache import FeatureCache, evaluate_cached, train_cached_epoch
+from egomodel.training.stage_keys import StageStore, shared_state, stage_key
+from egomodel.training.stages import Stage, apply_stage, stage_plan
+from egomodel.training.steps import evaluate, pick_device, train_epoch
+from egomodel.training.streams import load_streams, stream_sources
 
 # keys that may differ between a run and its resume without changing the result
 RESUME_FREE_KEYS = {"data.num_workers", "data.root", "data.decoded_cache", "data.packed_cache", "train.device",
@@ -151,7 +151,7 @@ def train(
         if isinstance(model, EgoRNN) and cfg.model.pretrained == "none":
             _calibrate(model, train_ds, device)
         if isinstance(model, TwoStream):
-            load_streams(model, cfg, out, bundle, streams, store, owner, progress)
+            load_streams(model, cfg, out, bundle, streams, store, owner, progress, train)
     else:
         run.history, run.best = list(state["history"]), dict(state["best"])
         run.from_store = list(state.get("from_store", []))

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from egomodel.data.transforms import MEAN, STD, normalize_frames
-from egomodel.mosaic import Layout, colorize, fit, grid_figure, pyplot
+from egomodel.reporting.mosaic import Layout, colorize, fit, grid_figure, pyplot
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -247,9 +247,9 @@ def model_plots(
     The clips come from the checkpoint's own data split (same config and seed, centre view).
     ``history`` defaults to the one saved in the checkpoint, if any.
     """
-    from egomodel.checkpoint import build_model, load
     from egomodel.config import from_dict
     from egomodel.data.dataset import ClipDataset, load_bundle
+    from egomodel.training.checkpoint import build_model, load
 
     out = Path(out_dir)
     state = load(checkpoint)

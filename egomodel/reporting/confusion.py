@@ -30,7 +30,7 @@ def write_per_class(cm: np.ndarray, classes: list[str], path: Path) -> Path:
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = "") -> Path:
-    from egomodel.mosaic import pyplot
+    from egomodel.reporting.mosaic import pyplot
 
     plt = pyplot()
 

@@ -1,18 +1,23 @@
 """Two-stream training from its streams: where each stream's trained checkpoint comes from (a path in
-the config, or a search's stage store, training the stream there if it is missing), and loading them."""
+the config, or a search's stage store, training the stream there if it is missing), and loading them.
+
+A missing stream is trained as a run of its own by the ``train`` function the engine hands in, so this
+module never imports the engine back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from egomodel import checkpoint as ck
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import DataBundle
 from egomodel.model import TwoStream
-from egomodel.prefix import StageStore
-from egomodel.stages import stage_plan
+from egomodel.training import checkpoint as ck
+from egomodel.training.stage_keys import StageStore
+from egomodel.training.stages import stage_plan
 
 STREAMS = {"flow": "model.flow_checkpoint", "attention": "model.rgb_checkpoint"}  # two_stream's inputs
 
@@ -38,8 +43,9 @@ def stream_sources(cfg: Config, store: StageStore | None) -> dict[str, Path | No
 
 
 def load_streams(model: TwoStream, cfg: Config, out: Path, bundle: DataBundle, sources: dict[str, Path | None],
-                  store: StageStore | None, owner: str, progress: bool) -> None:
-    """Load the trained flow and attention streams, training them first (shared through the store)."""
+                  store: StageStore | None, owner: str, progress: bool, train: Callable[..., dict[str, Any]]) -> None:
+    """Load the trained flow and attention streams, training a missing one first with ``train`` (the
+    engine's own, shared through the store)."""
     states = {}
     for variant, path in sources.items():
         if path is None:  # the stream as its own run would train it, with this config's shared settings
@@ -47,8 +53,6 @@ def load_streams(model: TwoStream, cfg: Config, out: Path, bundle: DataBundle, s
             sub = out / "streams" / variant
             tqdm.write(f"two_stream: {variant} stream from the stage store (trained here if missing)")
             sub_resume = (sub / "checkpoints" / ck.LAST).is_file()
-            from egomodel.engine import train  # the stream is a run of its own
-
             path = Path(train(sub_cfg, sub, resume=sub_resume, evaluate_test=False, progress=progress,
                               store=store, owner=owner)["best_checkpoint"])
         ckpt = ck.load(path)

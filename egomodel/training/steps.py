@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from egomodel.config import Config
 from egomodel.data.transforms import normalize_frames
-from egomodel.losses import total_loss
 from egomodel.model.staged import StagedModel
+from egomodel.training.losses import total_loss
 
 
 def pick_device(name: str) -> torch.device:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from egomodel.data.dataset import ClipDataset
 from egomodel.model.network import EgoRNN
-from egomodel.steps import autocast, to_device
+from egomodel.training.steps import autocast, to_device
 
 VIEW_KEY = 1_000_000  # augmentation keys of cached views, apart from epoch numbers
 
