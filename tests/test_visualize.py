@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from egomodel import visualize
 from egomodel.config import ModelConfig
 from egomodel.data.dataset import load_bundle
 from egomodel.model import EgoRNN
@@ -133,7 +134,7 @@ def test_model_plots_from_a_checkpoint(tmp_path, tiny_root):
     assert all(is_png(f) for f in files)
     # the command line does the same
     (tmp_path / "metrics.json").write_text(json.dumps({"history": HISTORY}))
-    assert vis.main(["--checkpoint", str(path), "--out", str(tmp_path / "cli"), "--metrics",
+    assert visualize.main(["--checkpoint", str(path), "--out", str(tmp_path / "cli"), "--metrics",
                      str(tmp_path / "metrics.json"), "--clips", "2"]) == 0
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(f.name for f in files)
 

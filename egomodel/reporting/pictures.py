@@ -6,16 +6,13 @@
 - :func:`feedback_maps`: for a feedback model, the β and γ that frame t-1's Conv100 features give at
   the insertion point, beside frame t's features there before and after ``β⊙F+γ`` (the paper's Fig. 3).
 - :func:`model_plots`: all of them for a checkpoint, on validation clips (never the test users in a
-  search). ``python -m egomodel.visualize --checkpoint FILE --out DIR [--data ROOT] [--split val]``.
+  search); its command line is ``python -m egomodel.visualize``.
 
 Plain functions over a model, tensors or a checkpoint path; no Ray, Optuna or MLflow here.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -285,24 +282,3 @@ def model_plots(
         written += [p] if p else []
     return written
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m egomodel.visualize", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--data", default=None, help="data root (default: the one the checkpoint was trained on)")
-    p.add_argument("--split", default="val", choices=("train", "val", "test"))
-    p.add_argument("--clips", type=int, default=4)
-    p.add_argument("--metrics", default=None, help="metrics.json whose history to plot")
-    args = p.parse_args(argv)
-    history = json.loads(Path(args.metrics).read_text()).get("history") if args.metrics else None
-    for f in model_plots(args.checkpoint, args.out, history, args.data, args.split, args.clips):
-        print(f)
-    return 0
-
-
-if __name__ == "__main__":
-    from egomodel.cli import run_cli
-
-    sys.exit(run_cli(main))
