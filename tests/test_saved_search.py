@@ -12,9 +12,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuning.sampling import DefineByRun
 from tuning.searcher import PruneAwareOptunaSearch
-from tuning.space import Param, SearchSpace, load_space
+from tuning.space.load import load_space
+from tuning.space.sampling import DefineByRun
+from tuning.space.types import Param, Scheduler, SearchSpace
 from tuning.tracking import MlflowCallback, Op
 
 FIXTURE = Path(__file__).parent / "fixtures" / "saved_search_v1"
@@ -34,6 +35,45 @@ def finished_trials(exp: Path) -> dict[str, float]:
         rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         out[rows[-1]["trial_id"]] = rows[-1]["val_top1"]
     return out
+
+
+# the module paths Ray's saved state names, and the classes it must find there
+PICKLED = {
+    "tuning.space.DefineByRun": DefineByRun,
+    "tuning.space.Param": Param,
+    "tuning.space.SearchSpace": SearchSpace,
+    "tuning.space.Scheduler": Scheduler,
+    "tuning.searcher.PruneAwareOptunaSearch": PruneAwareOptunaSearch,
+    "tuning.tracking.MlflowCallback": MlflowCallback,
+    "tuning.tracking.Op": Op,
+}
+
+
+def saved_names() -> set[str]:
+    """Every module.name of ours that the fixture's pickles name."""
+    names: set[str] = set()
+
+    class Names(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> object:
+            if module.split(".")[0] in ("tuning", "egomodel"):
+                names.add(f"{module}.{name}")
+            return super().find_class(module, name)
+
+    for f in FIXTURE.rglob("*.pkl"):
+        with f.open("rb") as fh:
+            Names(fh).load()
+    return names
+
+
+def test_the_old_module_paths_give_todays_classes():
+    """Pickle looks a class up by module and name: at the old paths it must find the same class objects
+    (re-exported, not copies), or isinstance checks and the pickles Ray writes next would differ."""
+    import importlib
+
+    assert saved_names() <= set(PICKLED)
+    for path, cls in PICKLED.items():
+        module, name = path.rsplit(".", 1)
+        assert getattr(importlib.import_module(module), name) is cls, path
 
 
 def test_the_saved_searcher_state_restores_with_its_study_and_space(saved):

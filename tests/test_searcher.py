@@ -33,8 +33,8 @@ def test_stopped_early_is_pruned_finished_is_complete_error_is_fail():
 
 
 def test_asha_rungs_start_after_stage_one():
-    from tuning.sampling import resolve_grace_period
     from tuning.search import base_config
+    from tuning.space.sampling import resolve_grace_period
 
     space = load_space("smoke")
     cfg = base_config(space, {})

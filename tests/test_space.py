@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from egomodel.config import BLOCKS, known_keys
 from egomodel.training.stages import stage_plan
-from tuning.sampling import DefineByRun, decode, encode_point, optuna_name, resolve_grace_period, trial_config
 from tuning.space import SPACES_DIR, SearchSpace, list_spaces, load_space
-from tuning.space_error import SpaceError
+from tuning.space.errors import SpaceError
+from tuning.space.sampling import DefineByRun, decode, encode_point, optuna_name, resolve_grace_period, trial_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -615,14 +615,16 @@ def test_malformed_spaces_fail_cleanly(tmp_path_factory: pytest.TempPathFactory,
         trial_config(space, params)
 
 
-def test_searcher_state_saved_before_the_module_split_still_loads():
+@pytest.mark.parametrize("old_home", ["tuning.space"])
+def test_searcher_state_saved_before_the_module_split_still_loads(old_home):
     """Ray pickles the define-by-run function into a search's state; searches saved when it lived in
-    ``tuning.space`` must still ``--resume``."""
-    from tuning.sampling import DefineByRun
+    ``tuning.space`` (before the first split) or ``tuning.sampling`` (before the package move) must still
+    ``--resume``."""
+    from tuning.space.sampling import DefineByRun
 
     fn = DefineByRun(load_space("smoke"))
     now = pickle.dumps(fn, protocol=0)
-    before = now.replace(b"tuning.sampling\nDefineByRun", b"tuning.space\nDefineByRun")
+    before = now.replace(b"tuning.space.sampling\nDefineByRun", old_home.encode() + b"\nDefineByRun")
     assert before != now
     again = pickle.loads(before)
     assert isinstance(again, DefineByRun) and pickle.dumps(again, protocol=0) == now

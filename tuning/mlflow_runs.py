@@ -21,7 +21,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from tuning.space import SearchSpace
+from tuning.space.types import SearchSpace
 from tuning.write_retry import _short
 
 PARENT_TAG = "egosearch.ray_path"

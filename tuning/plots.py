@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuning.space import SearchSpace
+from tuning.space.types import SearchSpace
 from tuning.tracking import OUTCOME_TAG, TRIAL_TAG
 
 SEARCHER_PATTERN = "searcher-state-"

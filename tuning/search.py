@@ -21,9 +21,10 @@ from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
 from tuning.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
-from tuning.sampling import decode, resolve_grace_period, runtime_overrides
-from tuning.space import SearchSpace, load_space
-from tuning.space_error import SpaceError
+from tuning.space.errors import SpaceError
+from tuning.space.load import load_space
+from tuning.space.sampling import decode, resolve_grace_period, runtime_overrides
+from tuning.space.types import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")  # pyarrow filesystems Ray can use

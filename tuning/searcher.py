@@ -16,8 +16,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tuning.sampling import DefineByRun, encode_point
-from tuning.space import SearchSpace
+from tuning.space.sampling import DefineByRun, encode_point
+from tuning.space.types import SearchSpace
 
 
 class PruneAwareOptunaSearch(OptunaSearch):

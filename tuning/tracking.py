@@ -58,8 +58,8 @@ from ray.tune import Callback
 
 from egomodel.config import flatten
 from tuning.mlflow_runs import _UNDELIVERED, quick_http
-from tuning.sampling import trial_config
-from tuning.space import SearchSpace
+from tuning.space.sampling import trial_config
+from tuning.space.types import SearchSpace
 from tuning.trial_files import _curves_png, error_reason, error_text
 from tuning.write_retry import _Dropped, _flush_timeout, _now_ms, _permanent, _short
 

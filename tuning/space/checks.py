@@ -4,15 +4,12 @@ deep check (egomodel builds a config from ``base``, from each param's extreme va
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from egomodel import config as ecfg
-from tuning.space_error import SpaceError
-from tuning.space_fields import _divisible, _mapping, _match, _number
-
-if TYPE_CHECKING:
-    from tuning.space import Param
-
+from tuning.space.errors import SpaceError
+from tuning.space.fields import _divisible, _mapping, _match, _number
+from tuning.space.types import Param
 
 # --- conditions -------------------------------------------------------------------------------------------
 

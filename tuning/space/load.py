@@ -1,25 +1,24 @@
-"""Search spaces: YAML files that say what Optuna picks and how Ray Tune runs it (DESIGN §6).
+"""Loading a search space: YAML files that say what Optuna picks and how Ray Tune runs it (docs/design.md §6).
 
 A space is validated in full when it is loaded (every key, every range, and an egomodel config built
 from each parameter's extreme values), so that a bad space fails before any trial starts, with a
 message that names the offending key. The format is documented in ``docs/search_spaces.md``.
 
-The space is read by ``tuning.space_yaml``, its single fields are checked by ``tuning.space_fields``, values
-and points against its params (and the deep check) by ``tuning.space_check``; the Optuna / Ray side (names,
-sampling, decoding a trial) is ``tuning.sampling``.
+The text is read by ``strict_yaml``, single fields are checked by ``fields``, values and points against
+the params (and the deep check) by ``checks``; what a loaded space is lives in ``types``, and the Optuna /
+Ray side (names, sampling, decoding a trial) in ``sampling`` (all in ``tuning/space/``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from egomodel import config as ecfg
-from tuning.space_check import _check_point, _deep_check
-from tuning.space_error import SpaceError
-from tuning.space_fields import (
+from tuning.space.checks import _check_point, _deep_check
+from tuning.space.errors import SpaceError
+from tuning.space.fields import (
     _base,
     _blocks,
     _bool,
@@ -33,9 +32,10 @@ from tuning.space_fields import (
     _resources,
     _suggest,
 )
-from tuning.space_yaml import _read_yaml
+from tuning.space.strict_yaml import _read_yaml
+from tuning.space.types import DEFAULT_CHECKPOINT_INTERVAL_S, Param, Scheduler, SearchSpace
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 TYPES = ("float", "int", "categorical", "subset")
 MODES = ("max", "min")
@@ -64,50 +64,6 @@ _FIELDS = {  # allowed fields of a param spec, per type
     "subset": ("type", "choices", "always", "when"),
 }
 _SCHEDULER_FIELDS = {"asha": ("type", "grace_period", "reduction_factor"), "fifo": ("type",)}
-DEFAULT_CHECKPOINT_INTERVAL_S = 300.0  # a retried trial repeats at most this much work
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched dimension, keyed by its dotted egomodel config key."""
-
-    key: str
-    type: str  # float | int | categorical | subset
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple = ()
-    always: tuple = ()  # subset only: blocks always included
-    when: tuple[tuple[str, tuple], ...] = ()  # sampled only if each (other_key, allowed values) holds
-
-
-@dataclass(frozen=True)
-class Scheduler:
-    type: str = "asha"
-    grace_period: int | None = None  # None = auto: the first epoch after stage 1
-    reduction_factor: float = 2.0
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    name: str
-    path: Path
-    text: str  # the raw YAML, logged to MLflow as an artifact
-    metric: str
-    mode: str
-    num_samples: int
-    max_concurrent: int
-    seed: int
-    resources: dict[str, float]  # per trial: {"cpu": .., "gpu": ..}
-    scheduler: Scheduler
-    base: dict[str, Any]  # dotted egomodel overrides applied to every trial
-    params: tuple[Param, ...]  # in dependency order: a condition's param comes before its dependants
-    points: tuple[dict[str, Any], ...]  # dotted keys, subset values as lists (always + chosen)
-    evaluate_test: bool = False  # trials also score the test users (a reproduction, not a selection)
-    # a trial hands Ray a resume checkpoint at most this often (and at its end); 0: after every epoch
-    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
-    plots: bool = True  # each finished trial draws its curves, CAMs and feedback maps (about 1.5 s on a CPU)
 
 
 # --- params -----------------------------------------------------------------------------------------------
@@ -365,13 +321,3 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     except SpaceError as e:
         raise SpaceError(f"{path}: {e}") from None
 
-
-def __getattr__(name: str) -> object:
-    """Searches saved before ``DefineByRun`` moved to :mod:`tuning.sampling` pickled it as
-    ``tuning.space.DefineByRun`` (Ray's ``searcher-state-*.pkl``, ``tuner.pkl``): ``--resume`` still
-    finds it here."""
-    if name == "DefineByRun":
-        from tuning.sampling import DefineByRun
-
-        return DefineByRun
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

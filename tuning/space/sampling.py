@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from egomodel import config as ecfg
-from tuning.space import Param, SearchSpace
-from tuning.space_check import _active, _check_point
-from tuning.space_error import SpaceError
+from tuning.space.checks import _active, _check_point
+from tuning.space.errors import SpaceError
+from tuning.space.types import Param, SearchSpace
 
 
 def optuna_name(param: Param, block: str | None = None) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from tuning.space_error import SpaceError
+from tuning.space.errors import SpaceError
 
 
 class _Loader(yaml.SafeLoader):

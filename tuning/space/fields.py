@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from egomodel import config as ecfg
-from tuning.space_error import SpaceError
+from tuning.space.errors import SpaceError
 
 RESOURCES = ("cpu", "gpu")
 _DEFAULT_RESOURCES = {"cpu": 1.0, "gpu": 0.0}
