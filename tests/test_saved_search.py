@@ -39,6 +39,7 @@ def finished_trials(exp: Path) -> dict[str, float]:
 
 # the module paths Ray's saved state names, and the classes it must find there
 PICKLED = {
+    "tuning.sampling.DefineByRun": DefineByRun,
     "tuning.space.DefineByRun": DefineByRun,
     "tuning.space.Param": Param,
     "tuning.space.SearchSpace": SearchSpace,

@@ -615,7 +615,7 @@ def test_malformed_spaces_fail_cleanly(tmp_path_factory: pytest.TempPathFactory,
         trial_config(space, params)
 
 
-@pytest.mark.parametrize("old_home", ["tuning.space"])
+@pytest.mark.parametrize("old_home", ["tuning.space", "tuning.sampling"])
 def test_searcher_state_saved_before_the_module_split_still_loads(old_home):
     """Ray pickles the define-by-run function into a search's state; searches saved when it lived in
     ``tuning.space`` (before the first split) or ``tuning.sampling`` (before the package move) must still
