@@ -19,10 +19,10 @@ from egomodel.training.engine import train
 from tests.conftest import tiny_config
 from tests.test_reliability import _ray_epochs, own_ray_env, steps
 from tests.test_search import client_of, search_cmd, write_space
+from tuning.execution.trainable import FAULT_KILL_ENV
 from tuning.search import RECORD
 from tuning.space import load_space
 from tuning.space.sampling import trial_config
-from tuning.trainable import FAULT_KILL_ENV
 
 
 def _rows(trial_dir: Path) -> list[dict]:

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuning.searcher import PruneAwareOptunaSearch
+from tuning.execution.searcher import PruneAwareOptunaSearch
 from tuning.space.load import load_space
 from tuning.space.sampling import DefineByRun
 from tuning.space.types import Param, Scheduler, SearchSpace
@@ -44,7 +44,6 @@ PICKLED = {
     "tuning.space.Param": Param,
     "tuning.space.SearchSpace": SearchSpace,
     "tuning.space.Scheduler": Scheduler,
-    "tuning.searcher.PruneAwareOptunaSearch": PruneAwareOptunaSearch,
     "tuning.tracking.MlflowCallback": MlflowCallback,
     "tuning.tracking.Op": Op,
 }
@@ -108,7 +107,7 @@ def test_the_saved_searcher_state_restores_with_its_study_and_space(saved):
 def test_the_saved_tuner_restores_with_its_searcher_and_mlflow_callback(saved):
     from ray import tune
 
-    from tuning.trainable import run_trial
+    from tuning.execution.trainable import run_trial
 
     tuner = tune.Tuner.restore(str(saved), run_trial)
     results = tuner.get_results()
@@ -138,7 +137,7 @@ def test_a_search_saved_before_the_move_resumes(saved):
     import ray
     from ray import tune
 
-    from tuning.trainable import run_trial
+    from tuning.execution.trainable import run_trial
 
     before = set(saved.glob("searcher-state-*.pkl"))
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)

@@ -3,7 +3,7 @@
 import pytest
 from optuna.trial import TrialState
 
-from tuning.searcher import make_scheduler, make_searcher, study_of
+from tuning.execution.searcher import make_scheduler, make_searcher, study_of
 from tuning.space import load_space
 
 

@@ -12,7 +12,7 @@ from egomodel.training import checkpoint as ck
 from egomodel.training.engine import train
 from egomodel.training.stage_keys import stage_key
 from tests.conftest import tiny_config
-from tuning.stage_store import StageStore
+from tuning.execution.stage_store import StageStore
 
 
 def test_two_concurrent_claims_compute_once(tmp_path):

@@ -118,7 +118,7 @@ def trial_resources(space: SearchSpace) -> dict[str, float]:
 
 
 def save_record(path: str, record: dict[str, str]) -> None:
-    from tuning.stage_store import filesystem
+    from tuning.execution.stage_store import filesystem
 
     fs, root = filesystem(path)
     try:
@@ -132,7 +132,7 @@ def save_record(path: str, record: dict[str, str]) -> None:
 def started_on(path: str, client: Any, name: str) -> dict[str, str | None] | None:
     """The data a saved search started on: its record next to Ray's state, else (a search started
     before records were written) its MLflow parent run's tags; None when neither says."""
-    from tuning.stage_store import filesystem
+    from tuning.execution.stage_store import filesystem
 
     fs, root = filesystem(path)
     try:
@@ -199,9 +199,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ray import tune
 
-    from tuning.searcher import make_scheduler, make_searcher
+    from tuning.execution.searcher import make_scheduler, make_searcher
+    from tuning.execution.trainable import TrialSetup, run_trial, total_epochs
     from tuning.tracking import MlflowCallback
-    from tuning.trainable import TrialSetup, run_trial, total_epochs
 
     path = storage.rstrip("/") + "/" + name
     try:

@@ -31,9 +31,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from egomodel.training import checkpoint as ck
 from egomodel.training.engine import EpochReport, train
 from egomodel.training.stages import stage_plan
+from tuning.execution.stage_store import StageStore
 from tuning.space.sampling import runtime_overrides, trial_config
 from tuning.space.types import SearchSpace
-from tuning.stage_store import StageStore
 
 # what a finished trial hands to MLflow (the test files only where the space sets evaluate_test)
 FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "confusion_test.png", "per_class_test.csv",
