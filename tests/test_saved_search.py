@@ -44,6 +44,7 @@ PICKLED = {
     "tuning.space.Param": Param,
     "tuning.space.SearchSpace": SearchSpace,
     "tuning.space.Scheduler": Scheduler,
+    "tuning.searcher.PruneAwareOptunaSearch": PruneAwareOptunaSearch,
     "tuning.tracking.MlflowCallback": MlflowCallback,
     "tuning.tracking.Op": Op,
 }
