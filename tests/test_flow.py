@@ -207,7 +207,7 @@ def _champion(tmp_path, cfg):
     from types import SimpleNamespace
 
     from egomodel.training import checkpoint as ck
-    from tuning.champion import EgoRNNModel
+    from tuning.tracking.champion import EgoRNNModel
 
     torch.manual_seed(0)
     model = build_model(cfg, C)

@@ -29,11 +29,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.test_search import env, search_cmd, write_space
-from tuning import mlflow_runs, write_retry
-from tuning.mlflow_runs import TrackingError, check_reachable, parent_run
 from tuning.space import load_space
-from tuning.tracking import MlflowCallback
-from tuning.trial_files import error_reason
+from tuning.tracking import mlflow_runs, write_retry
+from tuning.tracking.callback import MlflowCallback
+from tuning.tracking.mlflow_runs import TrackingError, check_reachable, parent_run
+from tuning.tracking.trial_files import error_reason
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from tuning.execution.searcher import PruneAwareOptunaSearch
 from tuning.space.load import load_space
 from tuning.space.sampling import DefineByRun
 from tuning.space.types import Param, Scheduler, SearchSpace
-from tuning.tracking import MlflowCallback, Op
+from tuning.tracking.callback import MlflowCallback, Op
 
 FIXTURE = Path(__file__).parent / "fixtures" / "saved_search_v1"
 EXPERIMENT = "searcher_state_v1"

@@ -139,7 +139,7 @@ def test_model_plots_from_a_checkpoint(tmp_path, tiny_root):
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(f.name for f in files)
 
 
-# ------------------------------------------------------------------ a search as a whole (tuning.plots)
+# ------------------------------------------------------------------ a search as a whole (tuning.tracking.study_plots)
 def _study(n_complete: int, n_pruned: int = 1, n_failed: int = 1):
     import optuna
 
@@ -163,7 +163,7 @@ def _study(n_complete: int, n_pruned: int = 1, n_failed: int = 1):
     (4, {"optuna_history.png", "optuna_importances.png", "optuna_parallel_coordinate.png"}, None),
 ])
 def test_study_plots_skip_what_the_study_cannot_give(tmp_path, complete, expected, note):
-    from tuning.plots import study_plots
+    from tuning.tracking.study_plots import study_plots
 
     files, notes = study_plots(_study(complete), tmp_path)
     assert {f.name for f in files} == expected and all(is_png(f) for f in files)
@@ -173,7 +173,7 @@ def test_study_plots_skip_what_the_study_cannot_give(tmp_path, complete, expecte
 def test_study_comes_back_from_the_searcher_state(tmp_path):
     from ray.tune.search.optuna import OptunaSearch
 
-    from tuning.plots import load_study
+    from tuning.tracking.study_plots import load_study
 
     searcher = OptunaSearch(metric="val_top1", mode="max")
     searcher._ot_study = _study(2)
@@ -190,10 +190,10 @@ def test_trials_csv_has_every_trial(tmp_path):
     import mlflow
 
     from tests.test_search import write_space
-    from tuning.mlflow_runs import check_reachable, parent_run
-    from tuning.plots import trials_table
     from tuning.space import load_space
-    from tuning.tracking import MlflowCallback
+    from tuning.tracking.callback import MlflowCallback
+    from tuning.tracking.mlflow_runs import check_reachable, parent_run
+    from tuning.tracking.study_plots import trials_table
 
     space = load_space(write_space(tmp_path))
     uri = f"sqlite:///{tmp_path / 'm.db'}"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from egomodel.cli import run_cli
-from tuning.mlflow_runs import TrackingError, check_reachable
+from tuning.tracking.mlflow_runs import TrackingError, check_reachable
 
 # Table 3 of the paper: (variant, ms_task or None) -> (row name, top-1 %), in the paper's order
 PAPER = {

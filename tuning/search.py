@@ -20,11 +20,11 @@ from egomodel.cli import run_cli
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
-from tuning.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
 from tuning.space.errors import SpaceError
 from tuning.space.load import load_space
 from tuning.space.sampling import decode, resolve_grace_period, runtime_overrides
 from tuning.space.types import SearchSpace
+from tuning.tracking.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
 
 REPO = Path(__file__).resolve().parents[1]
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")  # pyarrow filesystems Ray can use
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tuning.execution.searcher import make_scheduler, make_searcher
     from tuning.execution.trainable import TrialSetup, run_trial, total_epochs
-    from tuning.tracking import MlflowCallback
+    from tuning.tracking.callback import MlflowCallback
 
     path = storage.rstrip("/") + "/" + name
     try:
@@ -252,9 +252,9 @@ def run(args: argparse.Namespace) -> int:
 
 def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: str,
            args: argparse.Namespace, tracking_uri: str) -> int:
-    from tuning.champion import register
-    from tuning.mlflow_runs import log_search_summary
-    from tuning.tracking import TRIAL_TAG
+    from tuning.tracking.champion import register
+    from tuning.tracking.mlflow_runs import log_search_summary
+    from tuning.tracking.tags import TRIAL_TAG
 
     # every trial's writes delivered (else a clean, resumable stop), then Optuna's plots and trials.csv
     log_search_summary(client, parent_id, results, space)

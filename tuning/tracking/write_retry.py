@@ -1,4 +1,4 @@
-"""How :class:`tuning.tracking.MlflowCallback` treats an MLflow write that failed: one the store
+"""How :class:`tuning.tracking.callback.MlflowCallback` treats an MLflow write that failed: one the store
 rejected for what it is, or one that failed in our own code, is dropped (:func:`_permanent`); one that
 failed because the store is away stays queued and is retried, at the end of the experiment for up to
 ``EGOSEARCH_MLFLOW_FLUSH_TIMEOUT`` seconds (:func:`_flush_timeout`).

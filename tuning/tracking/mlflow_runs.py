@@ -5,7 +5,7 @@
 - the parent run, one per search: :func:`parent_run` creates it, or finds it again on ``--resume``
   (:func:`find_parent`, by its ``egosearch.ray_path`` tag);
 - the end of a search: :func:`log_search_summary` logs Optuna's plots and the CSV of all trials under
-  ``search/``, or raises :class:`TrackingError` while writes of :class:`tuning.tracking.MlflowCallback`
+  ``search/``, or raises :class:`TrackingError` while writes of :class:`tuning.tracking.callback.MlflowCallback`
   are still undelivered (:func:`undelivered`).
 """
 
@@ -22,9 +22,8 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from tuning.space.types import SearchSpace
-from tuning.write_retry import _short
-
-PARENT_TAG = "egosearch.ray_path"
+from tuning.tracking.tags import PARENT_TAG
+from tuning.tracking.write_retry import _short
 
 # parent run id -> number of writes the callback could not deliver by the end of the experiment
 _UNDELIVERED: dict[str, int] = {}
@@ -128,12 +127,12 @@ def log_search_summary(client: MlflowClient, parent_id: str, results: Any, space
         check_reachable(client.tracking_uri)
     except TrackingError as e:
         raise TrackingError(f"{e}{hint}") from None
-    from tuning import plots
+    from tuning.tracking import study_plots
 
     exp_path = getattr(results, "experiment_path", None)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "search"
-        notes = plots.search_artifacts(client, parent_id, space, exp_path, out)
+        notes = study_plots.search_artifacts(client, parent_id, space, exp_path, out)
         if notes:
             (out / "notes.txt").write_text("\n".join(notes) + "\n")
             for note in notes:

@@ -17,7 +17,7 @@ import numpy as np
 from mlflow.pyfunc import PythonModel
 
 ALIAS = "champion"
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[2]  # the checkout: egomodel/ and tuning/ go with the model
 
 
 class EgoRNNModel(PythonModel):

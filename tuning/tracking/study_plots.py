@@ -7,7 +7,7 @@
   trials, a single parameter value) is skipped with a note, never an error.
 - :func:`trials_table`: every trial of a search from its MLflow child runs (trial id, run id, status,
   outcome, scores, error, the searched parameters) joined with the Optuna trial number and state.
-- :func:`search_artifacts`: all of the above into one folder; :func:`tuning.mlflow_runs.log_search_summary`
+- :func:`search_artifacts`: all of the above into one folder; :func:`tuning.tracking.mlflow_runs.log_search_summary`
   logs it to the parent run under ``search/``.
 """
 
@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuning.space.types import SearchSpace
-from tuning.tracking import OUTCOME_TAG, TRIAL_TAG
+from tuning.tracking.tags import OUTCOME_TAG, TRIAL_TAG
 
 SEARCHER_PATTERN = "searcher-state-"
 TRIALS_CSV = "trials.csv"

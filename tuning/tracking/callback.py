@@ -16,7 +16,7 @@ text as the artifact ``error.txt``; a trial that Ray retried carries ``egosearch
 When the tracking server goes away during a search (the choice made here: buffer and retry)
 ---------------------------------------------------------------------------------------------
 An unreachable store at start is a clear error before any trial runs
-(:func:`tuning.mlflow_runs.check_reachable`). During the search the callback never lets MLflow stop it:
+(:func:`tuning.tracking.mlflow_runs.check_reachable`). During the search the callback never lets MLflow stop it:
 
 - every write is an operation in a queue, applied in order; an operation that fails because the
   store is unreachable (connection refused, timeout, 5xx, a locked SQLite file) stays at the head of
@@ -29,8 +29,8 @@ An unreachable store at start is a clear error before any trial runs
   that is killed while MLflow is down keeps its backlog, and ``--resume`` delivers it;
 - at the end of the experiment the callback keeps retrying for ``EGOSEARCH_MLFLOW_FLUSH_TIMEOUT``
   seconds (default 120). If the store is still down then, the search stops cleanly in a resumable
-  state: ``finish`` (through :func:`tuning.mlflow_runs.log_search_summary`) raises
-  :class:`~tuning.mlflow_runs.TrackingError` (exit code 2) saying so, and the same command with
+  state: ``finish`` (through :func:`tuning.tracking.mlflow_runs.log_search_summary`) raises
+  :class:`~tuning.tracking.mlflow_runs.TrackingError` (exit code 2) saying so, and the same command with
   ``--resume`` once the server is back delivers the backlog, registers the champion and logs the
   search's plots;
 - an operation the store rejects for what it is (an invalid value, a deleted run), or one that fails
@@ -57,14 +57,13 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from egomodel.config import flatten
-from tuning.mlflow_runs import _UNDELIVERED, quick_http
 from tuning.space.sampling import trial_config
 from tuning.space.types import SearchSpace
-from tuning.trial_files import _curves_png, error_reason, error_text
-from tuning.write_retry import _Dropped, _flush_timeout, _now_ms, _permanent, _short
+from tuning.tracking.mlflow_runs import _UNDELIVERED, quick_http
+from tuning.tracking.tags import OUTCOME_TAG, TRIAL_TAG
+from tuning.tracking.trial_files import _curves_png, error_reason, error_text
+from tuning.tracking.write_retry import _Dropped, _flush_timeout, _now_ms, _permanent, _short
 
-TRIAL_TAG = "ray.trial_id"
-OUTCOME_TAG = "egosearch.outcome"
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "lr", "data_wait_fraction", "stage")
 PLOTS_DIR = "plots"
 
