@@ -17,6 +17,7 @@ from tuning.space.load import load_space
 from tuning.space.sampling import DefineByRun
 from tuning.space.types import Param, Scheduler, SearchSpace
 from tuning.tracking.callback import MlflowCallback, Op
+from tuning.tracking.champion import EgoRNNModel
 
 FIXTURE = Path(__file__).parent / "fixtures" / "saved_search_v1"
 EXPERIMENT = "searcher_state_v1"
@@ -47,6 +48,7 @@ PICKLED = {
     "tuning.searcher.PruneAwareOptunaSearch": PruneAwareOptunaSearch,
     "tuning.tracking.MlflowCallback": MlflowCallback,
     "tuning.tracking.Op": Op,
+    "tuning.champion.EgoRNNModel": EgoRNNModel,
 }
 
 
@@ -130,6 +132,12 @@ def test_the_callbacks_queued_writes_restore():
     callback.set_state(state[0])
     assert callback.pending == 2 and all(type(op) is Op for op in callback._pending)
     assert [op.kind for op in callback._pending] == ["batch", "terminate"]
+
+
+def test_the_champion_model_registered_before_the_move_unpickles():
+    """MLflow keeps the champion's pyfunc wrapper as ``python_model.pkl`` (cloudpickle, by reference)."""
+    model = pickle.loads((FIXTURE / "champion" / "python_model.pkl").read_bytes())
+    assert type(model) is EgoRNNModel
 
 
 def test_a_search_saved_before_the_move_resumes(saved):
