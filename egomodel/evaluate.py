@@ -13,8 +13,8 @@ from egomodel.cli import run_cli
 from egomodel.config import from_dict
 from egomodel.data import layout
 from egomodel.data.dataset import make_loader, resolve_root
+from egomodel.model.checkpoint import load_model
 from egomodel.reporting.confusion import confusion, plot_confusion, write_per_class
-from egomodel.training.checkpoint import load_model
 from egomodel.training.engine import make_dataset, uses_flow, uses_mmaps
 from egomodel.training.steps import evaluate, pick_device
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from egomodel.data.layout import DataError
-from egomodel.training import checkpoint as ck
+from egomodel.model import checkpoint as ck
 from egomodel.training.engine import ResumeError, train
 from tests.conftest import tiny_config
 

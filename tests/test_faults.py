@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from egomodel.data.dataset import load_bundle
-from egomodel.training import checkpoint as ck
+from egomodel.model import checkpoint as ck
 from egomodel.training.engine import train
 from tests.conftest import tiny_config
 from tests.test_reliability import _ray_epochs, own_ray_env, steps

@@ -164,7 +164,7 @@ def test_two_stream_trains_from_stream_checkpoints(tmp_path, tiny_root):
                       model__rgb_checkpoint=rgb["best_checkpoint"])
     out = train(cfg, tmp_path / "two", progress=False)
     assert out["test_top1"] is not None and set(out["stages"]) == {"1"}
-    model, _, _ = __import__("egomodel.training.checkpoint", fromlist=["load_model"]).load_model(out["best_checkpoint"])
+    model, _, _ = __import__("egomodel.model.checkpoint", fromlist=["load_model"]).load_model(out["best_checkpoint"])
     assert isinstance(model, TwoStream)
     flow_state = torch.load(flow["best_checkpoint"], weights_only=True)["model"]
     # the flow stream's frozen blocks are the trained flow model's
@@ -206,7 +206,7 @@ def _champion(tmp_path, cfg):
     """A random model of ``cfg`` saved as a checkpoint, and the champion pyfunc loaded from it."""
     from types import SimpleNamespace
 
-    from egomodel.training import checkpoint as ck
+    from egomodel.model import checkpoint as ck
     from tuning.tracking.champion import EgoRNNModel
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from egomodel.training import checkpoint as ck
+from egomodel.model import checkpoint as ck
 from egomodel.training.engine import train
 from egomodel.training.stage_keys import stage_key
 from tests.conftest import tiny_config

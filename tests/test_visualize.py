@@ -15,8 +15,8 @@ from egomodel import visualize
 from egomodel.config import ModelConfig
 from egomodel.data.dataset import load_bundle
 from egomodel.model import EgoRNN
+from egomodel.model import checkpoint as ck
 from egomodel.reporting import pictures as vis
-from egomodel.training import checkpoint as ck
 from egomodel.training.stages import apply_stage
 from tests.conftest import tiny_config
 

@@ -269,7 +269,7 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     run_id = runs[0].info.run_id
     with best.checkpoint.as_directory() as d:
         ckpt = next(Path(d).glob("stage*_best.pt"))
-        from egomodel.training.checkpoint import load
+        from egomodel.model.checkpoint import load
 
         classes = list(load(ckpt)["classes"])
         model_name = args.model_name or f"egosearch-{name}"

@@ -246,7 +246,7 @@ def model_plots(
     """
     from egomodel.config import from_dict
     from egomodel.data.dataset import ClipDataset, load_bundle
-    from egomodel.training.checkpoint import build_model, load
+    from egomodel.model.checkpoint import build_model, load
 
     out = Path(out_dir)
     state = load(checkpoint)

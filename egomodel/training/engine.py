@@ -29,10 +29,10 @@ from egomodel.data.dataset import ClipDataset, DataBundle, load_bundle, make_loa
 from egomodel.data.device_clips import DeviceClips, wanted
 from egomodel.data.transforms import normalize_frames
 from egomodel.model import EgoRNN, StagedModel, TwoStream, build_model
+from egomodel.model import checkpoint as ck
 from egomodel.model.backbone import calibrate_batchnorm
 from egomodel.model.convlstm import ConvLSTM
 from egomodel.reporting.confusion import confusion, plot_confusion, write_per_class
-from egomodel.training import checkpoint as ck
 from egomodel.training.feature_cache import FeatureCache, evaluate_cached, train_cached_epoch
 from egomodel.training.stage_keys import StageStore, shared_state, stage_key
 from egomodel.training.stages import Stage, apply_stage, stage_plan

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import DataBundle
 from egomodel.model import TwoStream
-from egomodel.training import checkpoint as ck
+from egomodel.model import checkpoint as ck
 from egomodel.training.stage_keys import StageStore
 from egomodel.training.stages import stage_plan
 

@@ -28,7 +28,7 @@ from typing import Any
 from ray import tune
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from egomodel.training import checkpoint as ck
+from egomodel.model import checkpoint as ck
 from egomodel.training.engine import EpochReport, train
 from egomodel.training.stages import stage_plan
 from tuning.execution.stage_store import StageStore

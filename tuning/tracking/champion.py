@@ -22,7 +22,7 @@ _REPO = Path(__file__).resolve().parents[2]  # the checkout: egomodel/ and tunin
 
 class EgoRNNModel(PythonModel):
     def load_context(self, context: Any) -> None:
-        from egomodel.training.checkpoint import load_model
+        from egomodel.model.checkpoint import load_model
 
         self.model, self.cfg, self.classes = load_model(context.artifacts["checkpoint"])
 
