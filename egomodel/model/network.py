@@ -1,5 +1,5 @@
 """The assembled network: ResNet-34 -> (CAM attention) -> ConvLSTM -> classifier, with the MS head
-and the feedback branch for the variants that have them (DESIGN §4)."""
+and the feedback branch for the variants that have them (docs/design.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training stages as data (DESIGN §5) and the one function that applies a stage to a model."""
+"""Training stages as data (docs/design.md §5) and the one function that applies a stage to a model."""
 
 from __future__ import annotations
 
