@@ -17,7 +17,7 @@ from egomodel.data.dataset import load_bundle
 from egomodel.model import checkpoint as ck
 from egomodel.training.engine import train
 from tests.conftest import tiny_config
-from tests.test_reliability import _ray_epochs, own_ray_env, steps
+from tests.test_reliability import own_ray_env, steps, trial_epochs
 from tests.test_search import client_of, search_cmd, write_space
 from tuning.execution.trainable import FAULT_KILL_ENV
 from tuning.search import RECORD
@@ -85,11 +85,11 @@ def test_resume_refused_when_the_data_changed(tmp_path, tiny_root):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     exp_dir = tmp_path / "ray_results" / "test_space"
     deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None and not any(_ray_epochs(exp_dir).values()):
+    while time.time() < deadline and proc.poll() is None and not any(trial_epochs(exp_dir).values()):
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = _ray_epochs(exp_dir)
+    before = trial_epochs(exp_dir)
     assert any(before.values()) and (exp_dir / RECORD).exists()  # killed mid-search: there is something to resume
     client = client_of(tmp_path)
     (parent,) = client.search_runs([client.get_experiment_by_name("test_space").experiment_id],
@@ -109,4 +109,4 @@ def test_resume_refused_when_the_data_changed(tmp_path, tiny_root):
         assert resumed.returncode == 2 and "--resume refused: the data set changed" in err, err[-3000:]
         assert f"fingerprint {old}" in err and f"fingerprint {new}" in err and str(root) in err
         assert "Traceback" not in err and "Started a local Ray instance" not in resumed.stdout + err
-        assert _ray_epochs(exp_dir) == before  # no trial ran
+        assert trial_epochs(exp_dir) == before  # no trial ran

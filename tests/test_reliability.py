@@ -564,7 +564,7 @@ def test_search_with_a_failing_trial(tmp_path, tiny_root):
     assert next(r for r in rows if r["outcome"] == "failed")["error"].startswith("FloatingPointError")
 
 
-def _ray_epochs(exp_dir: Path) -> dict[str, list[int]]:
+def trial_epochs(exp_dir: Path) -> dict[str, list[int]]:
     out = {}
     for f in exp_dir.glob("*/result.json"):
         rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
@@ -586,7 +586,7 @@ def test_search_survives_the_mlflow_server_going_away(tmp_path, tiny_root, serve
     exp_dir = tmp_path / "ray_results" / "test_space"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        if exp_dir.exists() and any(_ray_epochs(exp_dir).values()):
+        if exp_dir.exists() and any(trial_epochs(exp_dir).values()):
             break  # the first epoch is in MLflow already
         time.sleep(0.5)
     server.kill()
@@ -603,7 +603,7 @@ def test_search_survives_the_mlflow_server_going_away(tmp_path, tiny_root, serve
     parents = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].data.tags.get("champion")
     runs = children(client, parents[0].info.run_id)
-    ray_epochs = _ray_epochs(exp_dir)
+    ray_epochs = trial_epochs(exp_dir)
     assert sorted(runs) == sorted(ray_epochs) and len(runs) == 2
     for tid, epochs in ray_epochs.items():
         r = runs[tid]

@@ -227,7 +227,7 @@ def test_grid_pictures_are_pasted_one_to_one(tmp_path):
     y, x = layout.origin(1, 1)
     assert np.array_equal(pic[y:y + 40, x:x + 40], blue)
     assert (pic[:layout.top] == 1.0).all()  # white above the first row (the figure's title)
-    path = vis._save(grid_figure(panels, [["a", "", "c"], []], layout, "title", [("row 0", "red")]),
+    path = vis.save_figure(grid_figure(panels, [["a", "", "c"], []], layout, "title", [("row 0", "red")]),
                      tmp_path / "grid.png")
     with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB"))

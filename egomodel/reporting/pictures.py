@@ -25,7 +25,8 @@ from egomodel.data.transforms import MEAN, STD, normalize_frames
 from egomodel.reporting.mosaic import Layout, colorize, fit, grid_figure, pyplot
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a figure as a PNG (its folder made if needed) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -81,7 +82,7 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: 
         fig.suptitle(title, fontsize=10)
     # fixed margins: tight_layout measured every tick label again, a third of a trial's picture time
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.13, top=0.84, wspace=0.18)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------- CAM overlays
@@ -119,7 +120,7 @@ def cam_overlays(
                            "green" if pred == int(labels[i]) else "red"))
     fig = grid_figure(panels, titles, layout, "class-activation maps (Ego-RNN attention), bilinear upsampling",
                       labels_out)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -------------------------------------------------------------------------- feedback β / γ maps
@@ -216,7 +217,7 @@ def feedback_maps(
         panels.append(row)
         titles.append(names)
     fig = grid_figure(panels, titles, layout, title or "feedback branch: frame t-1's motion features modulate frame t")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------- all of it for a model

@@ -7,15 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from egomodel import config as ecfg
+from tuning.space import fields
 from tuning.space.errors import SpaceError
-from tuning.space.fields import _divisible, _mapping, _match, _number
 from tuning.space.types import Param
 
 # --- conditions -------------------------------------------------------------------------------------------
 
 
-def _active(p: Param, values: dict[str, Any]) -> bool:
-    return all(k in values and _match(values[k], allowed)[0] for k, allowed in p.when)
+def is_active(p: Param, values: dict[str, Any]) -> bool:
+    return all(k in values and fields.match(values[k], allowed)[0] for k, allowed in p.when)
 
 
 # --- points -----------------------------------------------------------------------------------------------
@@ -24,14 +24,14 @@ def _active(p: Param, values: dict[str, Any]) -> bool:
 def _domain_value(p: Param, v: Any, where: str) -> Any:
     """A point's value for ``p``, checked against its domain and made canonical."""
     if p.type in ("float", "int"):
-        v = _number(where, v, integer=p.type == "int")
+        v = fields.number(where, v, integer=p.type == "int")
         if not p.low <= v <= p.high:
             raise SpaceError(f"{where}: {v} is outside [{p.low}, {p.high}]")
-        if p.step is not None and not _divisible(v - p.low, p.step):
+        if p.step is not None and not fields.divisible(v - p.low, p.step):
             raise SpaceError(f"{where}: {v} is not on the grid low + k * step ({p.low} + k * {p.step})")
         return v
     if p.type == "categorical":
-        found, canon = _match(v, p.choices)
+        found, canon = fields.match(v, p.choices)
         if not found:
             raise SpaceError(f"{where}: {v!r} is not one of {list(p.choices)}")
         return canon
@@ -43,8 +43,8 @@ def _domain_value(p: Param, v: Any, where: str) -> Any:
     return list(p.always) + [b for b in p.choices if b in v]
 
 
-def _check_point(params: tuple[Param, ...], point: Any, where: str, base: dict[str, Any]) -> dict[str, Any]:
-    point = _mapping(where, point, " of param keys to values")
+def check_point(params: tuple[Param, ...], point: Any, where: str, base: dict[str, Any]) -> dict[str, Any]:
+    point = fields.mapping(where, point, " of param keys to values")
     by_key = {p.key: p for p in params}
     for k in point:
         if k not in by_key:
@@ -53,7 +53,7 @@ def _check_point(params: tuple[Param, ...], point: Any, where: str, base: dict[s
     out: dict[str, Any] = {}
     for p in params:  # dependency order, so conditions see canonical values
         w = f"{where}.{p.key}"
-        if not _active(p, out):
+        if not is_active(p, out):
             if p.key in point:
                 cond = ", ".join(f"{k} in {list(v)}" for k, v in p.when)
                 raise SpaceError(f"{w}: given, but its condition ({cond}) does not hold in this point")
@@ -91,7 +91,7 @@ def _extremes(p: Param) -> list[tuple[str, Any]]:
     return [("always alone", list(p.always)), ("all choices", list(p.always + p.choices))]
 
 
-def _deep_check(base: dict[str, Any], params: tuple[Param, ...], points: tuple[dict[str, Any], ...]) -> None:
+def deep_check(base: dict[str, Any], params: tuple[Param, ...], points: tuple[dict[str, Any], ...]) -> None:
     _build("base", base)
     by_key = {p.key: p for p in params}
     for p in params:

@@ -25,7 +25,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _number(where: str, v: Any, *, integer: bool = False) -> float | int:
+def number(where: str, v: Any, *, integer: bool = False) -> float | int:
     kind = "an integer" if integer else "a finite number"
     if not _is_number(v):
         raise SpaceError(f"{where}: expected {kind}, got {v!r}")
@@ -39,19 +39,19 @@ def _number(where: str, v: Any, *, integer: bool = False) -> float | int:
     return int(v) if integer else v
 
 
-def _bool(where: str, v: Any) -> bool:
+def boolean(where: str, v: Any) -> bool:
     if not isinstance(v, bool):
         raise SpaceError(f"{where}: expected true or false, got {v!r}")
     return v
 
 
-def _mapping(where: str, v: Any, hint: str = "") -> dict[Any, Any]:
+def mapping(where: str, v: Any, hint: str = "") -> dict[Any, Any]:
     if not isinstance(v, dict):
         raise SpaceError(f"{where}: expected a mapping{hint}, got {v!r}")
     return v
 
 
-def _suggest(word: str, known: list[str]) -> str:
+def suggestion(word: str, known: list[str]) -> str:
     close = difflib.get_close_matches(word, known, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -65,7 +65,7 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _match(value: Any, choices: tuple) -> tuple[bool, Any]:
+def match(value: Any, choices: tuple) -> tuple[bool, Any]:
     """(found, the canonical choice) for a categorical value."""
     for c in choices:
         if _same(value, c):
@@ -80,18 +80,18 @@ def _is_scalar(v: Any) -> bool:
 # --- param specs ------------------------------------------------------------------------------------------
 
 
-def _bounds(where: str, spec: dict[str, Any], integer: bool) -> tuple[Any, Any]:
+def bounds(where: str, spec: dict[str, Any], integer: bool) -> tuple[Any, Any]:
     for f in ("low", "high"):
         if f not in spec:
             raise SpaceError(f"{where}.{f}: missing (a {spec['type']} param needs low and high)")
-    low = _number(f"{where}.low", spec["low"], integer=integer)
-    high = _number(f"{where}.high", spec["high"], integer=integer)
+    low = number(f"{where}.low", spec["low"], integer=integer)
+    high = number(f"{where}.high", spec["high"], integer=integer)
     if low >= high:
         raise SpaceError(f"{where}.low: {low} must be < high ({high})")
     return low, high
 
 
-def _divisible(span: float, step: float) -> bool:
+def divisible(span: float, step: float) -> bool:
     q = span / step
     if not math.isfinite(q):
         return False
@@ -99,21 +99,21 @@ def _divisible(span: float, step: float) -> bool:
 
 
 
-def _choices(where: str, v: Any, *, allow_empty: bool = False) -> tuple:
+def choices(where: str, v: Any, *, allow_empty: bool = False) -> tuple:
     if not isinstance(v, list) or (not v and not allow_empty):
         raise SpaceError(f"{where}: expected a non-empty list, got {v!r}")
     out: list[Any] = []
     for i, c in enumerate(v):
         if not _is_scalar(c):
             raise SpaceError(f"{where}[{i}]: a choice must be a string, number, true/false or null, got {c!r}")
-        if _match(c, tuple(out))[0]:
+        if match(c, tuple(out))[0]:
             raise SpaceError(f"{where}[{i}]: duplicate choice {c!r}")
         out.append(c)
     return tuple(out)
 
 
-def _blocks(where: str, v: Any, *, allow_empty: bool = False) -> tuple[str, ...]:
-    out = _choices(where, v, allow_empty=allow_empty)
+def blocks(where: str, v: Any, *, allow_empty: bool = False) -> tuple[str, ...]:
+    out = choices(where, v, allow_empty=allow_empty)
     for i, b in enumerate(out):
         if b not in ecfg.BLOCKS:
             raise SpaceError(f"{where}[{i}]: {b!r} is not an egomodel block (known: {', '.join(ecfg.BLOCKS)})")
@@ -123,20 +123,20 @@ def _blocks(where: str, v: Any, *, allow_empty: bool = False) -> tuple[str, ...]
 # --- top-level fields -------------------------------------------------------------------------------------
 
 
-def _int_at_least(where: str, v: Any, lowest: int) -> int:
+def int_at_least(where: str, v: Any, lowest: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
         raise SpaceError(f"{where}: expected an integer >= {lowest}, got {v!r}")
     return v
 
 
-def _resources(v: Any) -> dict[str, float]:
-    v = _mapping("resources", v, " such as {cpu: 1, gpu: 0.5}")
+def resources(v: Any) -> dict[str, float]:
+    v = mapping("resources", v, " such as {cpu: 1, gpu: 0.5}")
     out = dict(_DEFAULT_RESOURCES)
     for k, q in v.items():
         where = f"resources.{k}"
         if k not in RESOURCES:
             raise SpaceError(f"{where}: unknown resource (known: {', '.join(RESOURCES)})")
-        q = _number(where, q)
+        q = number(where, q)
         if q < 0:
             raise SpaceError(f"{where}: {q} must be >= 0")
         frac = (q - math.floor(q)) / _RESOURCE_PRECISION
@@ -148,12 +148,12 @@ def _resources(v: Any) -> dict[str, float]:
     return out
 
 
-def _base(v: Any, known: dict[str, Any]) -> dict[str, Any]:
-    v = _mapping("base", {} if v is None else v, " of dotted egomodel keys to values")
+def base(v: Any, known: dict[str, Any]) -> dict[str, Any]:
+    v = mapping("base", {} if v is None else v, " of dotted egomodel keys to values")
     for k in v:
         if not isinstance(k, str) or k not in known:
             raise SpaceError(
                 f"base.{k}: not an egomodel config key (use dotted keys such as model.alpha)"
-                f"{_suggest(str(k), list(known))}"
+                f"{suggestion(str(k), list(known))}"
             )
     return dict(v)

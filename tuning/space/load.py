@@ -16,23 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from egomodel import config as ecfg
-from tuning.space.checks import _check_point, _deep_check
+from tuning.space import fields
+from tuning.space.checks import check_point, deep_check
 from tuning.space.errors import SpaceError
-from tuning.space.fields import (
-    _base,
-    _blocks,
-    _bool,
-    _bounds,
-    _choices,
-    _divisible,
-    _int_at_least,
-    _mapping,
-    _match,
-    _number,
-    _resources,
-    _suggest,
-)
-from tuning.space.strict_yaml import _read_yaml
+from tuning.space.strict_yaml import read_yaml
 from tuning.space.types import DEFAULT_CHECKPOINT_INTERVAL_S, Param, Scheduler, SearchSpace
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -71,11 +58,11 @@ _SCHEDULER_FIELDS = {"asha": ("type", "grace_period", "reduction_factor"), "fifo
 
 def _numeric_param(key: str, where: str, spec: dict[str, Any]) -> Param:
     integer = spec["type"] == "int"
-    low, high = _bounds(where, spec, integer)
-    log = _bool(f"{where}.log", spec.get("log", False))
+    low, high = fields.bounds(where, spec, integer)
+    log = fields.boolean(f"{where}.log", spec.get("log", False))
     step = spec.get("step")
     if integer:
-        step = 1 if step is None else _number(f"{where}.step", step, integer=True)
+        step = 1 if step is None else fields.number(f"{where}.step", step, integer=True)
         if step < 1:
             raise SpaceError(f"{where}.step: {step} must be >= 1")
         if log and step != 1:
@@ -88,12 +75,12 @@ def _numeric_param(key: str, where: str, spec: dict[str, Any]) -> Param:
         if log and low <= 0:
             raise SpaceError(f"{where}.low: a log-scale param needs low > 0, got {low}")
         if step is not None:
-            step = _number(f"{where}.step", step)
+            step = fields.number(f"{where}.step", step)
             if step <= 0:
                 raise SpaceError(f"{where}.step: {step} must be > 0")
             if log:
                 raise SpaceError(f"{where}.step: a float param cannot have both log and step (Optuna)")
-            if not _divisible(high - low, step):
+            if not fields.divisible(high - low, step):
                 raise SpaceError(f"{where}.step: high - low ({high - low}) is not a multiple of step {step}")
     return Param(key, spec["type"], low=low, high=high, log=log, step=step)
 
@@ -102,10 +89,10 @@ def _param(key: Any, spec: Any, known: dict[str, Any], base: dict[str, Any]) -> 
     """A param without its condition, and the raw ``when`` (checked once every param is known)."""
     where = f"params.{key}"
     if not isinstance(key, str) or key not in known:
-        raise SpaceError(f"{where}: not an egomodel config key{_suggest(str(key), list(known))}")
+        raise SpaceError(f"{where}: not an egomodel config key{fields.suggestion(str(key), list(known))}")
     if key in base:
         raise SpaceError(f"{where}: also set in base; a key is either fixed in base or searched in params")
-    spec = _mapping(where, spec, " such as {type: float, low: 0.1, high: 10}")
+    spec = fields.mapping(where, spec, " such as {type: float, low: 0.1, high: 10}")
     if "type" not in spec:
         raise SpaceError(f"{where}.type: missing (one of {', '.join(TYPES)})")
     t = spec["type"]
@@ -119,12 +106,12 @@ def _param(key: Any, spec: Any, known: dict[str, Any], base: dict[str, Any]) -> 
     elif t == "categorical":
         if "choices" not in spec:
             raise SpaceError(f"{where}.choices: missing")
-        param = Param(key, t, choices=_choices(f"{where}.choices", spec["choices"]))
+        param = Param(key, t, choices=fields.choices(f"{where}.choices", spec["choices"]))
     else:
         if "choices" not in spec:
             raise SpaceError(f"{where}.choices: missing")
-        choices = _blocks(f"{where}.choices", spec["choices"])
-        always = _blocks(f"{where}.always", spec.get("always", []), allow_empty=True)
+        choices = fields.blocks(f"{where}.choices", spec["choices"])
+        always = fields.blocks(f"{where}.always", spec.get("always", []), allow_empty=True)
         both = [b for b in always if b in choices]
         if both:
             raise SpaceError(f"{where}.always: {both} also listed in choices")
@@ -141,7 +128,7 @@ def _conditions(params: dict[str, Param], raw_when: dict[str, Any]) -> dict[str,
             out[key] = p
             continue
         where = f"params.{key}.when"
-        raw = _mapping(where, raw, " of {other_param: [values]}")
+        raw = fields.mapping(where, raw, " of {other_param: [values]}")
         if not raw:
             raise SpaceError(f"{where}: empty; leave it out for an unconditional param")
         when = []
@@ -159,7 +146,7 @@ def _conditions(params: dict[str, Param], raw_when: dict[str, Any]) -> dict[str,
                 raise SpaceError(f"{w}: empty list of values")
             allowed = []
             for v in values:
-                found, canon = _match(v, target.choices)
+                found, canon = fields.match(v, target.choices)
                 if not found:
                     raise SpaceError(f"{w}: {v!r} is not one of {other}'s choices {list(target.choices)}")
                 allowed.append(canon)
@@ -195,7 +182,7 @@ def _order(params: dict[str, Param]) -> tuple[Param, ...]:
 
 
 def _scheduler(v: Any) -> Scheduler:
-    v = _mapping("scheduler", v, " such as {type: asha, grace_period: auto, reduction_factor: 2}")
+    v = fields.mapping("scheduler", v, " such as {type: asha, grace_period: auto, reduction_factor: 2}")
     t = v.get("type", "asha")
     if t not in SCHEDULERS:
         raise SpaceError(f"scheduler.type: unknown scheduler {t!r} (known: {', '.join(SCHEDULERS)})")
@@ -209,17 +196,17 @@ def _scheduler(v: Any) -> Scheduler:
         grace = None
     elif isinstance(grace, bool) or not isinstance(grace, int) or grace < 1:
         raise SpaceError(f'scheduler.grace_period: expected an integer >= 1 or "auto", got {grace!r}')
-    factor = _number("scheduler.reduction_factor", v.get("reduction_factor", 2.0))
+    factor = fields.number("scheduler.reduction_factor", v.get("reduction_factor", 2.0))
     if factor <= 1:
         raise SpaceError(f"scheduler.reduction_factor: {factor} must be > 1")
     return Scheduler(t, grace, factor)
 
 
 def _parse(data: Any, path: Path, text: str) -> SearchSpace:
-    data = _mapping("space", data, " with keys such as metric, base, params")
+    data = fields.mapping("space", data, " with keys such as metric, base, params")
     for k in data:
         if k not in TOP_KEYS:
-            hint = _suggest(str(k), list(TOP_KEYS))
+            hint = fields.suggestion(str(k), list(TOP_KEYS))
             raise SpaceError(f"{k}: unknown top-level key (known: {', '.join(TOP_KEYS)}){hint}")
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not name.strip():
@@ -237,15 +224,15 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise SpaceError(f"seed: expected an integer in [0, 2**32), got {seed!r}")
-    resources = _resources(data.get("resources", {}))
+    resources = fields.resources(data.get("resources", {}))
     scheduler = _scheduler(data.get("scheduler", {}))
 
     known = ecfg.known_keys()
-    base = _base(data.get("base"), known)
+    base = fields.base(data.get("base"), known)
     raw_params = data.get("params")
     if raw_params is None or raw_params == {}:
         raise SpaceError("params: missing or empty; a space needs at least one param to search")
-    raw_params = _mapping("params", raw_params, " of dotted egomodel keys to param specs")
+    raw_params = fields.mapping("params", raw_params, " of dotted egomodel keys to param specs")
     plain: dict[str, Param] = {}
     raw_when: dict[str, Any] = {}
     for key, spec in raw_params.items():
@@ -255,20 +242,20 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
     raw_points = data.get("points") or []
     if not isinstance(raw_points, list):
         raise SpaceError(f"points: expected a list of mappings, got {raw_points!r}")
-    points = tuple(_check_point(params, p, f"points[{i}]", base) for i, p in enumerate(raw_points))
+    points = tuple(check_point(params, p, f"points[{i}]", base) for i, p in enumerate(raw_points))
 
-    num_samples = _int_at_least("num_samples", data.get("num_samples", max(1, len(points))), 1)
-    max_concurrent = _int_at_least("max_concurrent", data.get("max_concurrent", 1), 1)
+    num_samples = fields.int_at_least("num_samples", data.get("num_samples", max(1, len(points))), 1)
+    max_concurrent = fields.int_at_least("max_concurrent", data.get("max_concurrent", 1), 1)
 
-    evaluate_test = _bool("evaluate_test", data.get("evaluate_test", False))
-    interval = _number("checkpoint_interval_s", data.get("checkpoint_interval_s", DEFAULT_CHECKPOINT_INTERVAL_S))
+    evaluate_test = fields.boolean("evaluate_test", data.get("evaluate_test", False))
+    interval = fields.number("checkpoint_interval_s", data.get("checkpoint_interval_s", DEFAULT_CHECKPOINT_INTERVAL_S))
     if interval < 0:
         raise SpaceError(f"checkpoint_interval_s: {interval} must be >= 0 (0: a checkpoint after every epoch)")
-    _deep_check(base, params, points)
+    deep_check(base, params, points)
     return SearchSpace(
         evaluate_test=evaluate_test,
         checkpoint_interval_s=float(interval),
-        plots=_bool("plots", data.get("plots", True)),
+        plots=fields.boolean("plots", data.get("plots", True)),
         name=name,
         path=path,
         text=text,
@@ -315,7 +302,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpaceError(f"{path}: cannot read: {e}") from None
-    data = _read_yaml(path, text)
+    data = read_yaml(path, text)
     try:
         return _parse(data, path, text)
     except SpaceError as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from egomodel import config as ecfg
-from tuning.space.checks import _active, _check_point
+from tuning.space.checks import check_point, is_active
 from tuning.space.errors import SpaceError
 from tuning.space.types import Param, SearchSpace
 
@@ -43,7 +43,7 @@ class DefineByRun:
     def __call__(self, trial: Any) -> None:
         values: dict[str, Any] = {}
         for p in self.params:
-            if not _active(p, values):
+            if not is_active(p, values):
                 continue
             name = optuna_name(p) if p.type != "subset" else None
             if p.type == "float":
@@ -83,7 +83,7 @@ def decode(space: SearchSpace, sampled: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     out = dict(space.base)
     for p in space.params:
-        if not _active(p, values):
+        if not is_active(p, values):
             continue
         names = [optuna_name(p, b) for b in p.choices] if p.type == "subset" else [optuna_name(p)]
         missing = [n for n in names if n not in flat]
@@ -111,7 +111,7 @@ def _encode(params: tuple[Param, ...], checked: dict[str, Any]) -> dict[str, Any
 
 def encode_point(space: SearchSpace, point: dict[str, Any]) -> dict[str, Any]:
     """A ``points:`` entry (dotted keys, subsets as lists) -> Optuna names for ``points_to_evaluate``."""
-    return _encode(space.params, _check_point(space.params, point, "point", space.base))
+    return _encode(space.params, check_point(space.params, point, "point", space.base))
 
 
 def runtime_overrides(space: SearchSpace, data_root: str, seed: int) -> dict[str, Any]:

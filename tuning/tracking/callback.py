@@ -59,10 +59,10 @@ from ray.tune import Callback
 from egomodel.config import flatten
 from tuning.space.sampling import trial_config
 from tuning.space.types import SearchSpace
-from tuning.tracking.mlflow_runs import _UNDELIVERED, quick_http
+from tuning.tracking.mlflow_runs import note_undelivered, quick_http
 from tuning.tracking.tags import OUTCOME_TAG, TRIAL_TAG
-from tuning.tracking.trial_files import _curves_png, error_reason, error_text
-from tuning.tracking.write_retry import _Dropped, _flush_timeout, _now_ms, _permanent, _short
+from tuning.tracking.trial_files import curves_png, error_reason, error_text
+from tuning.tracking.write_retry import Dropped, flush_timeout, is_permanent, now_ms, one_line
 
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "lr", "data_wait_fraction", "stage")
 PLOTS_DIR = "plots"
@@ -146,9 +146,9 @@ class MlflowCallback(Callback):
                 try:
                     self._apply(op)
                 except Exception as e:  # noqa: BLE001 - MLflow down must never stop the search
-                    if _permanent(e):
+                    if is_permanent(e):
                         print(f"warning: MLflow rejected a write ({op.kind} for "
-                              f"{op.target or 'the parent run'}), dropped: {_short(e)}", file=sys.stderr, flush=True)
+                              f"{op.target or 'the parent run'}), dropped: {one_line(e)}", file=sys.stderr, flush=True)
                         self._pending.popleft()
                         continue
                     self._mark_down(e)
@@ -165,7 +165,7 @@ class MlflowCallback(Callback):
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = now
-            print(f"warning: MLflow {self.tracking_uri} is unreachable ({_short(e)}); the search goes on and "
+            print(f"warning: MLflow {self.tracking_uri} is unreachable ({one_line(e)}); the search goes on and "
                   "its results are buffered and retried", file=sys.stderr, flush=True)
         else:
             self._delay = min(self._delay * 2, self.retry_max_s)
@@ -180,7 +180,7 @@ class MlflowCallback(Callback):
         if not target:
             return self.parent_id
         if target not in self._runs:
-            raise _Dropped(f"trial {target} has no MLflow run")
+            raise Dropped(f"trial {target} has no MLflow run")
         return self._runs[target]
 
     def _apply(self, op: Op) -> None:
@@ -210,7 +210,7 @@ class MlflowCallback(Callback):
         elif op.kind == "artifacts":
             self._log_final_artifacts(rid, p["checkpoint"])
         else:
-            raise _Dropped(f"unknown operation {op.kind}")
+            raise Dropped(f"unknown operation {op.kind}")
 
     def _create(self, trial_id: str, p: dict[str, Any]) -> None:
         """The trial's child run (found again after a driver restart or a replayed write), then its
@@ -242,7 +242,7 @@ class MlflowCallback(Callback):
         if trial.trial_id in self._runs or any(op.kind == "create" and op.target == trial.trial_id
                                                for op in self._pending):
             return
-        self._put(trial.trial_id, "create", name=str(trial), config=dict(trial.config), start_time=_now_ms())
+        self._put(trial.trial_id, "create", name=str(trial), config=dict(trial.config), start_time=now_ms())
 
     def run_id(self, trial: Any) -> str | None:
         """The trial's child run id, or None while its creation waits in the queue."""
@@ -259,7 +259,7 @@ class MlflowCallback(Callback):
         self._ensure_run(trial)
         step = int(result["global_epoch"])
         epoch = {**result, "val_top1": result.get("epoch_val_top1")} if result.get("final") else result
-        ts = _now_ms()
+        ts = now_ms()
         metrics = [(k, float(epoch[k]), ts, step) for k in EPOCH_METRICS
                    if isinstance(epoch.get(k), (int, float)) and not isinstance(epoch.get(k), bool)]
         tags = {}
@@ -276,19 +276,19 @@ class MlflowCallback(Callback):
         if last.get("final"):
             finals = {"best_val_top1": last["val_top1"], "test_top1": last.get("test_top1"),  # test: table3-like
                       "trial_wall_s": last.get("trial_wall_s")}
-            self._put(tid, "batch", metrics=[(k, float(v), _now_ms(), int(last["global_epoch"]))
+            self._put(tid, "batch", metrics=[(k, float(v), now_ms(), int(last["global_epoch"]))
                                              for k, v in finals.items() if v is not None], tags={})
             if trial.checkpoint is not None:
                 self._put(tid, "artifacts", checkpoint=trial.checkpoint)
             self._put(tid, "batch", tags={OUTCOME_TAG: "completed"})
-            self._put(tid, "terminate", status="FINISHED", end_time=_now_ms())
+            self._put(tid, "terminate", status="FINISHED", end_time=now_ms())
         else:  # the scheduler stopped it before its last epoch
-            png = _curves_png(trial)
+            png = curves_png(trial)
             if png is not None:
                 self._put(tid, "file", file=f"{PLOTS_DIR}/training_curves.png", data=png)
             self._put(tid, "batch", tags={OUTCOME_TAG: "early_stopped",
                                           "stopped_at_epoch": str(last.get("global_epoch"))})
-            self._put(tid, "terminate", status=RunStatus.to_string(RunStatus.KILLED), end_time=_now_ms())
+            self._put(tid, "terminate", status=RunStatus.to_string(RunStatus.KILLED), end_time=now_ms())
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Ray will retry the trial from its last checkpoint: say so on its run."""
@@ -305,20 +305,18 @@ class MlflowCallback(Callback):
         if text:
             self._put(tid, "text", text=text, file="error.txt")
         self._put(tid, "batch", tags={OUTCOME_TAG: "failed", "error": reason})
-        self._put(tid, "terminate", status="FAILED", end_time=_now_ms())
+        self._put(tid, "terminate", status="FAILED", end_time=now_ms())
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Deliver the backlog, waiting up to ``EGOSEARCH_MLFLOW_FLUSH_TIMEOUT`` s for the store."""
-        deadline = time.monotonic() + _flush_timeout()
+        deadline = time.monotonic() + flush_timeout()
         while not self.flush(force=True) and time.monotonic() < deadline:
             time.sleep(min(self._delay, max(0.0, deadline - time.monotonic())))
+        note_undelivered(self.parent_id, len(self._pending))
         if self._pending:
-            _UNDELIVERED[self.parent_id] = len(self._pending)
             print(f"error: MLflow {self.tracking_uri} is still unreachable: {len(self._pending)} writes are kept in "
                   "the search's saved state; rerun the same command with --resume once the server is back",
                   file=sys.stderr, flush=True)
-        else:
-            _UNDELIVERED.pop(self.parent_id, None)
 
     def _log_final_artifacts(self, rid: str, ckpt: Any) -> None:
         """Every file of the trial's final checkpoint folder: ``*.pt`` under ``checkpoint/``,

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from tuning.space.types import SearchSpace
 from tuning.tracking.tags import PARENT_TAG
-from tuning.tracking.write_retry import _short
+from tuning.tracking.write_retry import one_line
 
 # parent run id -> number of writes the callback could not deliver by the end of the experiment
 _UNDELIVERED: dict[str, int] = {}
@@ -109,6 +109,14 @@ def undelivered(parent_id: str) -> int:
     return _UNDELIVERED.get(parent_id, 0)
 
 
+def note_undelivered(parent_id: str, writes: int) -> None:
+    """The callback says, at the end of the experiment, how many writes it still holds (0: none)."""
+    if writes:
+        _UNDELIVERED[parent_id] = writes
+    else:
+        _UNDELIVERED.pop(parent_id, None)
+
+
 def log_search_summary(client: MlflowClient, parent_id: str, results: Any, space: SearchSpace) -> list[str]:
     """At the end of a search: make sure MLflow has every trial, then log Optuna's plots and the
     CSV of all trials to the parent run under ``search/``.
@@ -142,5 +150,5 @@ def log_search_summary(client: MlflowClient, parent_id: str, results: Any, space
             try:
                 client.log_artifacts(parent_id, str(out), "search")
             except Exception as e:  # noqa: BLE001
-                raise TrackingError(f"could not log the search's plots to MLflow: {_short(e)}{hint}") from None
+                raise TrackingError(f"could not log the search's plots to MLflow: {one_line(e)}{hint}") from None
     return logged

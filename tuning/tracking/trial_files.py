@@ -1,6 +1,6 @@
 """What the driver reads from the files Ray keeps for a trial: why a failed trial failed (its
 ``error.txt``, :func:`error_reason`) and the training curves of a trial stopped early (its
-``result.json``, :func:`_curves_png`). Both are read as text, never unpickled.
+``result.json``, :func:`curves_png`). Both are read as text, never unpickled.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _last_exception_line(text: str) -> str | None:
     return found[-1].strip()[:_MAX_TAG] if found else None
 
 
-def _curves_png(trial: Any) -> bytes | None:
+def curves_png(trial: Any) -> bytes | None:
     """Training curves of a trial that did not finish, from Ray's ``result.json`` on the driver."""
     try:
         path = Path(trial.local_path) / "result.json"

@@ -1,7 +1,7 @@
 """How :class:`tuning.tracking.callback.MlflowCallback` treats an MLflow write that failed: one the store
-rejected for what it is, or one that failed in our own code, is dropped (:func:`_permanent`); one that
+rejected for what it is, or one that failed in our own code, is dropped (:func:`is_permanent`); one that
 failed because the store is away stays queued and is retried, at the end of the experiment for up to
-``EGOSEARCH_MLFLOW_FLUSH_TIMEOUT`` seconds (:func:`_flush_timeout`).
+``EGOSEARCH_MLFLOW_FLUSH_TIMEOUT`` seconds (:func:`flush_timeout`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ PERMANENT_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOUR
                    "INVALID_STATE", "BAD_REQUEST", "MALFORMED_REQUEST"}
 
 
-class _Dropped(Exception):
+class Dropped(Exception):
     """A queued write that can never succeed."""
 
 
-def _permanent(e: Exception) -> bool:
+def is_permanent(e: Exception) -> bool:
     """Whether retrying ``e`` cannot help: MLflow rejected the write itself, or our own code failed.
     The store being away (MLflow's connection errors, sockets, HTTP and database drivers) is not."""
-    if isinstance(e, _Dropped):
+    if isinstance(e, Dropped):
         return True
     if isinstance(e, MlflowException):
         return e.error_code in PERMANENT_CODES
@@ -36,16 +36,16 @@ def _permanent(e: Exception) -> bool:
 _TRANSPORT_MODULES = {"requests", "urllib3", "http", "sqlalchemy", "sqlite3", "botocore", "boto3", "google", "azure"}
 
 
-def _short(e: Exception) -> str:
+def one_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _flush_timeout() -> float:
+def flush_timeout() -> float:
     try:
         return max(0.0, float(os.environ.get(FLUSH_TIMEOUT_ENV, "120")))
     except ValueError:
