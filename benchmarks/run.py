@@ -141,8 +141,8 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 
 
 def _direct_train(data: Path, out: Path) -> float:
-    """Seconds of ``egomodel.training.engine.train`` on the overhead trial's config, in a fresh one-thread process
-    (imports not counted, as a trial's time_total_s does not count its worker's)."""
+    """Seconds of ``egomodel.training.engine.train`` on the overhead trial's config, in a fresh one-thread
+    process (imports not counted, as a trial's time_total_s does not count its worker's)."""
     overrides = json.dumps({**BASE, "model.alpha": 1.0, "data.root": str(data)})
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", DIRECT, overrides, str(out)], env=env, capture_output=True, text=True)

@@ -5,8 +5,8 @@ fingerprint, best trial, and at the end the Optuna plots and a CSV of all trials
 one child run per trial tagged ``mlflow.parentRunId`` with every egomodel key as a dotted param,
 per-epoch metrics at step = global epoch, the best checkpoint, the validation confusion matrix and
 per-class accuracy, and the trial's pictures under ``plots/`` (training curves, CAM overlays,
-feedback β/γ maps; drawn by the trial with :mod:`egomodel.reporting.pictures`). Trials never touch MLflow, so
-a SQLite store is never written by many processes at once.
+feedback β/γ maps; drawn by the trial with :mod:`egomodel.reporting.pictures`). Trials never touch
+MLflow, so a SQLite store is never written by many processes at once.
 
 A failed trial's run ends ``FAILED`` with tag ``egosearch.outcome=failed``, tag ``error`` holding the
 exception's one-line reason (``FloatingPointError: training loss is nan ...``) and the whole Ray error
@@ -16,7 +16,8 @@ text as the artifact ``error.txt``; a trial that Ray retried carries ``egosearch
 When the tracking server goes away during a search (the choice made here: buffer and retry)
 ---------------------------------------------------------------------------------------------
 An unreachable store at start is a clear error before any trial runs
-(:func:`tuning.tracking.mlflow_runs.check_reachable`). During the search the callback never lets MLflow stop it:
+(:func:`tuning.tracking.mlflow_runs.check_reachable`). During the search the callback never lets MLflow
+stop it:
 
 - every write is an operation in a queue, applied in order; an operation that fails because the
   store is unreachable (connection refused, timeout, 5xx, a locked SQLite file) stays at the head of
@@ -30,8 +31,8 @@ An unreachable store at start is a clear error before any trial runs
 - at the end of the experiment the callback keeps retrying for ``EGOSEARCH_MLFLOW_FLUSH_TIMEOUT``
   seconds (default 120). If the store is still down then, the search stops cleanly in a resumable
   state: ``finish`` (through :func:`tuning.tracking.mlflow_runs.log_search_summary`) raises
-  :class:`~tuning.tracking.mlflow_runs.TrackingError` (exit code 2) saying so, and the same command with
-  ``--resume`` once the server is back delivers the backlog, registers the champion and logs the
+  :class:`~tuning.tracking.mlflow_runs.TrackingError` (exit code 2) saying so, and the same command
+  with ``--resume`` once the server is back delivers the backlog, registers the champion and logs the
   search's plots;
 - an operation the store rejects for what it is (an invalid value, a deleted run), or one that fails
   in this module's own code, is not retried: it is dropped with a warning, so one bad write never
