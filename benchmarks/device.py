@@ -31,7 +31,7 @@ import torch
 
 from benchmarks.step import StepSetup, StepTiming, sync, time_step
 from egomodel.model.convlstm import ConvLSTM
-from egomodel.steps import autocast, pick_device
+from egomodel.training.steps import autocast, pick_device
 
 
 def describe(device: torch.device) -> str:
@@ -98,7 +98,7 @@ def short_training(data: Path, out: Path, device: torch.device, batch: int, work
     """Three stages of the feedback model at full image size (2/1/1 epochs at scale 0.005): the trainer's data-wait
     figure, with loader processes or (``device_clips``) clips held on the device."""
     from egomodel.config import from_dict
-    from egomodel.engine import train
+    from egomodel.training.engine import train
 
     cfg = from_dict({}, {
         "data.root": str(data), "data.image_size": size, "data.frames": frames, "data.num_workers": workers,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from egomodel.config import from_dict
 from egomodel.data.synthetic import generate
-from egomodel.engine import train
+from egomodel.training.engine import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_learning import DATA, OVERRIDES  # noqa: E402 - the learning test's setting, one source

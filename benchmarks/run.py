@@ -132,7 +132,7 @@ import json, sys, time
 import torch
 torch.set_num_threads(1)
 from egomodel.config import from_dict
-from egomodel.engine import train
+from egomodel.training.engine import train
 cfg = from_dict({}, json.loads(sys.argv[1]))
 t0 = time.perf_counter()
 train(cfg, sys.argv[2], evaluate_test=False, progress=False)
@@ -141,8 +141,8 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 
 
 def _direct_train(data: Path, out: Path) -> float:
-    """Seconds of ``egomodel.engine.train`` on the overhead trial's config, in a fresh one-thread process
-    (imports not counted, as a trial's time_total_s does not count its worker's)."""
+    """Seconds of ``egomodel.training.engine.train`` on the overhead trial's config, in a fresh one-thread
+    process (imports not counted, as a trial's time_total_s does not count its worker's)."""
     overrides = json.dumps({**BASE, "model.alpha": 1.0, "data.root": str(data)})
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", DIRECT, overrides, str(out)], env=env, capture_output=True, text=True)
@@ -157,10 +157,10 @@ def stage1_cache(data: Path, size: int, frames: int, reps: int) -> dict[str, Any
 
     from egomodel.config import from_dict
     from egomodel.data.dataset import ClipDataset, load_bundle, make_loader
-    from egomodel.feature_cache import FeatureCache, train_cached_epoch
     from egomodel.model import EgoRNN
-    from egomodel.stages import apply_stage
-    from egomodel.steps import train_epoch
+    from egomodel.training.feature_cache import FeatureCache, train_cached_epoch
+    from egomodel.training.stages import apply_stage
+    from egomodel.training.steps import train_epoch
 
     cfg = from_dict({}, {"data.root": str(data), "data.image_size": size, "data.frames": frames,
                          "model.variant": "attention", "model.pretrained": "none", "data.num_workers": 0})
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"machine": machine(), "mode": "tiny" if args.tiny else "quick" if args.quick else "full"}
     if "step" not in args.skip:
         shape = (1, 2, 64) if args.tiny else (4, 7, 224)
-        from egomodel.steps import cpu_has_bf16
+        from egomodel.training.steps import cpu_has_bf16
 
         precision = "bf16" if cpu_has_bf16() else "fp32"  # what train.precision=auto picks on this CPU
         naive = time_steps(True, *shape, reps)

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from egomodel.config import ModelConfig
-from egomodel.losses import total_loss
 from egomodel.model import EgoRNN
 from egomodel.model.attention import cam_attention
 from egomodel.model.backbone import backbone_features
-from egomodel.stages import apply_stage
-from egomodel.steps import autocast
+from egomodel.training.losses import total_loss
+from egomodel.training.stages import apply_stage
+from egomodel.training.steps import autocast
 
 STAGE2 = ["convlstm", "classifier", "layer4", "fc", "ms_head"]
 STAGE3 = ["convlstm", "classifier", "fc", "feedback", "conv1", "layer4"]
@@ -40,7 +40,7 @@ class StepSetup:
     """One benchmarked step: the model's setting and the shapes."""
 
     naive: bool = False  # the authors' per-frame loop (implies fp32, NCHW, separate gates)
-    precision: str = "fp32"  # "fp32", "bf16" or "auto" (egomodel.steps.autocast)
+    precision: str = "fp32"  # "fp32", "bf16" or "auto" (egomodel.training.steps.autocast)
     channels_last: bool = False
     gates: str = "separate"
     compile: bool = False

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from egomodel.config import ConfigError
 from egomodel.data.layout import DataError
-from egomodel.engine import ResumeError
 from egomodel.model.backbone import WeightsError
+from egomodel.training.engine import ResumeError
 
 USER_ERRORS = (ConfigError, DataError, ResumeError, WeightsError, FileNotFoundError, ValueError)
 

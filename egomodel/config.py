@@ -92,7 +92,7 @@ def _stage(*args: Any, **kwargs: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    """Stages follow the paper's Table 1 and text (DESIGN §5)."""
+    """Stages follow the paper's Table 1 and text (docs/design.md §5)."""
 
     seed: int = 0
     epochs_scale: float = 1.0  # scales every stage's epochs and milestones

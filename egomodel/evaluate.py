@@ -9,14 +9,14 @@ import json
 import sys
 from pathlib import Path
 
-from egomodel.checkpoint import load_model
 from egomodel.cli import run_cli
 from egomodel.config import from_dict
 from egomodel.data import layout
 from egomodel.data.dataset import make_loader, resolve_root
-from egomodel.engine import make_dataset, uses_flow, uses_mmaps
-from egomodel.report import confusion, plot_confusion, write_per_class
-from egomodel.steps import evaluate, pick_device
+from egomodel.model.checkpoint import load_model
+from egomodel.reporting.confusion import confusion, plot_confusion, write_per_class
+from egomodel.training.engine import make_dataset, uses_flow, uses_mmaps
+from egomodel.training.steps import evaluate, pick_device
 
 
 def main(argv: list[str] | None = None) -> int:

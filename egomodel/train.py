@@ -8,7 +8,7 @@ import sys
 
 from egomodel.cli import run_cli
 from egomodel.config import load_config, parse_overrides
-from egomodel.engine import train
+from egomodel.training.engine import train
 
 
 def parser() -> argparse.ArgumentParser:

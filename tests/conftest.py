@@ -1,11 +1,16 @@
-"""Shared fixtures: a tiny synthetic GTEA61-layout data set and a tiny CPU config."""
+"""Shared fixtures: a tiny synthetic GTEA61-layout data set, a tiny CPU config, and an MLflow server on
+loopback that a test can kill and restart."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,6 +39,56 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config(root: Path, **overrides: object) -> Config:
     values = {**TINY, "data.root": str(root), **{k.replace("__", "."): v for k, v in overrides.items()}}
     return from_dict({}, values)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """``mlflow server`` on a loopback port over a SQLite store: started, killed (SIGKILL), restarted."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root, self.port = root, port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180) -> MlflowServer:
+        log = open(self.root / "mlflow-server.log", "a")  # noqa: SIM115 - kept open for the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'store.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'mlflow-server.log').read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(0.3)
+        self.kill()
+        raise RuntimeError("mlflow server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = MlflowServer(tmp_path)
+    yield srv
+    srv.kill()
 
 
 def kill_session(sid: int, timeout: float = 30) -> None:
@@ -71,9 +126,9 @@ def untrained_control(trained: str | Path, out: Path) -> dict[str, tuple[int, in
     """The control of a learning test: the trained run's model at its initial weights (0 epochs, same
     seed), evaluated by ``egomodel.evaluate`` on the run's test users; {class: (clips, correct)}. A
     bound that this control also meets says nothing about learning."""
-    from egomodel import checkpoint as ck
     from egomodel.evaluate import main as evaluate
     from egomodel.model import build_model
+    from egomodel.model import checkpoint as ck
 
     saved = ck.load(trained)
     cfg = from_dict(saved["config"], {})

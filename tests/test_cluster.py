@@ -194,7 +194,7 @@ def test_onprem_is_a_local_provider_without_node_types() -> None:
 
 
 def test_local_provider_rejects_available_node_types() -> None:
-    """DESIGN §6: `provider: local` forbids available_node_types; Ray's own preparation says so."""
+    """docs/design.md §6: `provider: local` forbids available_node_types; Ray's own preparation says so."""
     cfg = load(ONPREM_FILE)
     cfg["available_node_types"] = {"gpu": {"node_config": {}, "resources": {"GPU": 1}}}
     with pytest.raises(Exception, match="not supported for on-premise"):

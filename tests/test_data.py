@@ -30,7 +30,7 @@ def test_motion_target_is_the_area_fraction_per_cell():
 def test_threshold_tau_turns_fractions_into_labels():
     import torch
 
-    from egomodel.losses import ms_loss
+    from egomodel.training.losses import ms_loss
 
     target = torch.tensor([[[[0.1, 0.3], [0.2, 0.25]]]])  # (B=1, T=1, 2, 2)
     logits = torch.zeros(1, 1, 2, 2, 2)
@@ -105,8 +105,8 @@ def test_decoded_cache_gives_the_same_items_and_stays_bounded(tiny_root, monkeyp
     cached = ClipDataset(clips, names, DataConfig(root=str(tiny_root), frames=3, image_size=64, decoded_cache=1000),
                          0, with_mmaps=True, with_flow=True)
     decodes = []
-    real = layout._open
-    monkeypatch.setattr(layout, "_open", lambda path, mode: decodes.append(path) or real(path, mode))
+    real = layout.open_image
+    monkeypatch.setattr(layout, "open_image", lambda path, mode: decodes.append(path) or real(path, mode))
     for item in [(0, 1), (0, 2), 0, (1, 1)]:
         a, b = plain[item], cached[item]
         assert all(np.array_equal(a[k], b[k]) for k in a)

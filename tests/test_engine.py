@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
-from egomodel import checkpoint as ck
 from egomodel.data.layout import DataError
-from egomodel.engine import ResumeError, train
+from egomodel.model import checkpoint as ck
+from egomodel.training.engine import ResumeError, train
 from tests.conftest import tiny_config
 
 WAIT_KEYS = ("data_wait_fraction",)
@@ -122,8 +122,8 @@ def test_stage1_feature_cache_matches_the_uncached_features(tmp_path, tiny_root)
     from egomodel.data import layout
     from egomodel.data.dataset import ClipDataset
     from egomodel.data.transforms import normalize_frames
-    from egomodel.feature_cache import VIEW_KEY, FeatureCache
     from egomodel.model import EgoRNN
+    from egomodel.training.feature_cache import VIEW_KEY, FeatureCache
 
     cfg = tiny_config(tiny_root)
     clips = layout.scan(tiny_root)[:3]
@@ -185,8 +185,8 @@ def test_precise_bn_recomputes_the_trainable_bn_statistics_only():
 
     from egomodel.config import from_dict
     from egomodel.model import build_model
-    from egomodel.stages import apply_stage
-    from egomodel.steps import precise_bn
+    from egomodel.training.stages import apply_stage
+    from egomodel.training.steps import precise_bn
 
     torch.manual_seed(0)
     cfg = from_dict({}, {"model.variant": "flow", "model.pretrained": "none", "data.image_size": 32,

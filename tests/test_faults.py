@@ -1,5 +1,6 @@
 """Issue 6, faults injected into whole searches: a trial's worker SIGKILLed mid-epoch, and the data
-set changed before ``--resume``. Nothing is lost, nothing is doubled, nothing runs on the wrong data."""
+set changed before ``--resume``; and (slow) a search with a failing trial, and one whose MLflow server
+is killed. Nothing is lost, nothing is doubled, nothing runs on the wrong data."""
 
 from __future__ import annotations
 
@@ -9,18 +10,21 @@ import subprocess
 import time
 from pathlib import Path
 
+import mlflow
+import pytest
 import torch
 
-from egomodel import checkpoint as ck
 from egomodel.data.dataset import load_bundle
-from egomodel.engine import train
+from egomodel.model import checkpoint as ck
+from egomodel.training.engine import train
 from tests.conftest import kill_session, tiny_config
-from tests.test_reliability import _ray_epochs, own_ray_env, steps
-from tests.test_search import client_of, search_cmd, write_space
-from tuning.sampling import trial_config
+from tests.test_reliability import artifact_paths, children, steps
+from tests.test_search import client_of, env, search_cmd, write_space
+from tuning.execution.trainable import FAULT_KILL_ENV
 from tuning.search import RECORD
 from tuning.space import load_space
-from tuning.trainable import FAULT_KILL_ENV
+from tuning.space.sampling import trial_config
+from tuning.tracking import write_retry
 
 
 def _rows(trial_dir: Path) -> list[dict]:
@@ -83,11 +87,11 @@ def test_resume_refused_when_the_data_changed(tmp_path, tiny_root):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     exp_dir = tmp_path / "ray_results" / "test_space"
     deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None and not any(_ray_epochs(exp_dir).values()):
+    while time.time() < deadline and proc.poll() is None and not any(trial_epochs(exp_dir).values()):
         time.sleep(0.5)
     kill_session(proc.pid)  # the driver and the Ray it started
     proc.wait()
-    before = _ray_epochs(exp_dir)
+    before = trial_epochs(exp_dir)
     assert any(before.values()) and (exp_dir / RECORD).exists()  # killed mid-search: there is something to resume
     client = client_of(tmp_path)
     (parent,) = client.search_runs([client.get_experiment_by_name("test_space").experiment_id],
@@ -107,4 +111,116 @@ def test_resume_refused_when_the_data_changed(tmp_path, tiny_root):
         assert resumed.returncode == 2 and "--resume refused: the data set changed" in err, err[-3000:]
         assert f"fingerprint {old}" in err and f"fingerprint {new}" in err and str(root) in err
         assert "Traceback" not in err and "Started a local Ray instance" not in resumed.stdout + err
-        assert _ray_epochs(exp_dir) == before  # no trial ran
+        assert trial_epochs(exp_dir) == before  # no trial ran
+
+
+# --------------------------------------------------------------------------- whole searches (slow)
+def own_ray_env() -> dict[str, str]:
+    """With no --address, ``ray.init()`` joins a cluster that ``ray start`` left on this machine (found
+    through /tmp/ray/ray_current_cluster); RAY_ADDRESS=local makes each search start its own."""
+    return {**env(), "RAY_ADDRESS": "local"}
+
+
+def _space_with_a_nan_trial(tmp: Path) -> Path:
+    """Two trials: stage 1 at lr 1e37 (Adam's first step overflows the weights: the loss is NaN
+    at the next batch) and a normal one."""
+    return write_space(tmp, num_samples=2, max_concurrent=2, scheduler={"type": "fifo"},
+                       params={"train.stage1.lr": {"type": "categorical", "choices": [1.0e37, 1.0e-3]}},
+                       points=[{"train.stage1.lr": 1.0e37}, {"train.stage1.lr": 1.0e-3}])
+
+
+@pytest.mark.slow
+def test_search_with_a_failing_trial(tmp_path, tiny_root):
+    """A trial whose loss goes non-finite: failed in Ray and MLflow with the reason, the search goes on,
+    the completed trial has its plots, the parent run has Optuna's plots and trials.csv."""
+    space = _space_with_a_nan_trial(tmp_path)
+    proc = subprocess.run(search_cmd(space, tiny_root), cwd=tmp_path, env=own_ray_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp_dir = tmp_path / "ray_results" / "test_space"
+    from ray.tune import ExperimentAnalysis
+
+    errors = {Path(t.path).name: t for t in ExperimentAnalysis(str(exp_dir)).trials if t.status == "ERROR"}
+    assert len(errors) == 1
+    ray_error = (exp_dir / next(iter(errors)) / "error.txt").read_text()
+    assert "FloatingPointError: training loss is" in ray_error
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("test_space")
+    parent = next(r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
+    runs = list(children(client, parent.info.run_id).values())
+    failed = [r for r in runs if r.data.tags["egosearch.outcome"] == "failed"]
+    done = [r for r in runs if r.data.tags["egosearch.outcome"] == "completed"]
+    assert len(failed) == 1 and len(done) == 1
+    f = failed[0]
+    assert f.info.status == "FAILED" and f.data.params["train.stage1.lr"] == "1e+37"
+    assert f.data.tags["error"].startswith("FloatingPointError: training loss is nan")
+    assert "error.txt" in artifact_paths(client, f.info.run_id)
+    arts = artifact_paths(client, done[0].info.run_id)
+    assert {"confusion_val.png", "per_class_val.csv", "plots/training_curves.png", "plots/cam_val.png",
+            "plots/feedback_val.png"} <= arts
+    assert parent.data.tags["best_run_id"] == done[0].info.run_id
+
+    search_arts = artifact_paths(client, parent.info.run_id, "search")
+    assert {"search/optuna_history.png", "search/optuna_parallel_coordinate.png", "search/trials.csv",
+            "search/notes.txt"} <= search_arts
+    assert "search/optuna_importances.png" not in search_arts  # one complete trial: skipped with a note
+    notes = client.download_artifacts(parent.info.run_id, "search/notes.txt", str(tmp_path))
+    assert "importances" in Path(notes).read_text()
+    import csv
+
+    rows = list(csv.DictReader(open(client.download_artifacts(parent.info.run_id, "search/trials.csv",
+                                                              str(tmp_path)))))
+    assert sorted(r["outcome"] for r in rows) == ["completed", "failed"]
+    assert sorted(r["optuna_state"] for r in rows) == ["COMPLETE", "FAIL"]
+    assert {r["run_id"] for r in rows} == {r.info.run_id for r in runs}
+    assert next(r for r in rows if r["outcome"] == "failed")["error"].startswith("FloatingPointError")
+
+
+def trial_epochs(exp_dir: Path) -> dict[str, list[int]]:
+    out = {}
+    for f in exp_dir.glob("*/result.json"):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = sorted(r["global_epoch"] for r in rows)  # the last comes with "final"
+    return out
+
+
+@pytest.mark.slow
+def test_search_survives_the_mlflow_server_going_away(tmp_path, tiny_root, server):
+    """The tracking server is SIGKILLed after the first epoch and stays down to the end: the search
+    finishes its trials, stops with exit code 2 and a message; with the server back, ``--resume``
+    delivers every buffered write and registers the champion. Nothing is lost, nothing is doubled."""
+    space = write_space(tmp_path, num_samples=2, max_concurrent=2, scheduler={"type": "fifo"})
+    server.start()
+    cmd = search_cmd(space, tiny_root, "--tracking-uri", server.uri)
+    run_env = {**own_ray_env(), write_retry.FLUSH_TIMEOUT_ENV: "5"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    exp_dir = tmp_path / "ray_results" / "test_space"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if exp_dir.exists() and any(trial_epochs(exp_dir).values()):
+            break  # the first epoch is in MLflow already
+        time.sleep(0.5)
+    server.kill()
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 2, out[-3000:] + err[-3000:]
+    assert "unreachable" in err and "--resume" in err and "Traceback" not in err.split("error:")[-1]
+
+    server.start()
+    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=run_env, capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client = mlflow.MlflowClient(server.uri)
+    exp = client.get_experiment_by_name("test_space")
+    parents = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.tags.get("champion")
+    runs = children(client, parents[0].info.run_id)
+    ray_epochs = trial_epochs(exp_dir)
+    assert sorted(runs) == sorted(ray_epochs) and len(runs) == 2
+    for tid, epochs in ray_epochs.items():
+        r = runs[tid]
+        assert steps(client, r.info.run_id) == epochs, tid  # every epoch Ray saw, each exactly once
+        assert r.info.status == "FINISHED" and r.data.tags["egosearch.outcome"] == "completed"
+        assert {"checkpoint/stage3_best.pt", "plots/training_curves.png"} <= artifact_paths(client, r.info.run_id)
+    assert "search/trials.csv" in artifact_paths(client, parents[0].info.run_id, "search")

@@ -15,12 +15,12 @@ from egomodel.data.dataset import ClipDataset
 from egomodel.data.layout import DataError
 from egomodel.data.synthetic import generate
 from egomodel.data.transforms import View
-from egomodel.engine import train
-from egomodel.losses import total_loss
 from egomodel.model import FlowNet, TwoStream, build_model
 from egomodel.model.backbone import imagenet_weights_path
 from egomodel.model.flow import flow_resnet34
-from egomodel.stages import apply_stage, stage_plan
+from egomodel.training.engine import train
+from egomodel.training.losses import total_loss
+from egomodel.training.stages import apply_stage, stage_plan
 from tests.conftest import per_class, tiny_config, untrained_control
 
 SIZE, B, C = 64, 2, 5
@@ -164,13 +164,13 @@ def test_two_stream_trains_from_stream_checkpoints(tmp_path, tiny_root):
                       model__rgb_checkpoint=rgb["best_checkpoint"])
     out = train(cfg, tmp_path / "two", progress=False)
     assert out["test_top1"] is not None and set(out["stages"]) == {"1"}
-    model, _, _ = __import__("egomodel.checkpoint", fromlist=["load_model"]).load_model(out["best_checkpoint"])
+    model, _, _ = __import__("egomodel.model.checkpoint", fromlist=["load_model"]).load_model(out["best_checkpoint"])
     assert isinstance(model, TwoStream)
     flow_state = torch.load(flow["best_checkpoint"], weights_only=True)["model"]
     # the flow stream's frozen blocks are the trained flow model's
     assert torch.equal(model.flow.backbone.conv1.weight, flow_state["backbone.conv1.weight"])
     # a trial's pictures: curves for both, CAMs of the two-stream model's RGB stream, none for flow
-    from egomodel.visualize import model_plots
+    from egomodel.reporting.pictures import model_plots
 
     drawn = model_plots(out["best_checkpoint"], tmp_path / "plots_two", history=out["history"], clips=2)
     assert sorted(p.name for p in drawn) == ["cam_val.png", "training_curves.png"]
@@ -227,8 +227,8 @@ def _champion(tmp_path, cfg):
     """A random model of ``cfg`` saved as a checkpoint, and the champion pyfunc loaded from it."""
     from types import SimpleNamespace
 
-    from egomodel import checkpoint as ck
-    from tuning.champion import EgoRNNModel
+    from egomodel.model import checkpoint as ck
+    from tuning.tracking.champion import EgoRNNModel
 
     torch.manual_seed(0)
     model = build_model(cfg, C)

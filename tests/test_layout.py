@@ -21,7 +21,8 @@ from egomodel.data.layout import (
     sample_indices,
     scan,
 )
-from egomodel.data.synthetic import add_quirks, generate, missing_class, plan_classes
+from egomodel.data.synthetic import add_quirks, generate, missing_class
+from egomodel.data.synthetic_scene import plan_classes
 
 FRAMES = 8
 

@@ -35,7 +35,7 @@ import pytest
 
 from egomodel.config import from_dict
 from egomodel.data.synthetic import generate
-from egomodel.engine import train
+from egomodel.training.engine import train
 from tests.conftest import untrained_control
 
 CLASSES = 8

@@ -6,10 +6,10 @@ from torch import nn
 
 from egomodel.config import RGB_VARIANTS as VARIANTS
 from egomodel.config import ModelConfig, TrainConfig
-from egomodel.losses import total_loss
 from egomodel.model import EgoRNN
 from egomodel.model.backbone import WeightsError, build_resnet34
-from egomodel.stages import apply_stage, stage_plan
+from egomodel.training.losses import total_loss
+from egomodel.training.stages import apply_stage, stage_plan
 
 SIZE, T, B, C = 64, 3, 2, 5
 

@@ -3,7 +3,7 @@
 import pytest
 from optuna.trial import TrialState
 
-from tuning.searcher import make_scheduler, make_searcher, study_of
+from tuning.execution.searcher import make_scheduler, make_searcher, study_of
 from tuning.space import load_space
 
 
@@ -33,8 +33,8 @@ def test_stopped_early_is_pruned_finished_is_complete_error_is_fail():
 
 
 def test_asha_rungs_start_after_stage_one():
-    from tuning.sampling import resolve_grace_period
     from tuning.search import base_config
+    from tuning.space.sampling import resolve_grace_period
 
     space = load_space("smoke")
     cfg = base_config(space, {})

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import torch
 
-from egomodel import checkpoint as ck
-from egomodel.engine import train
-from egomodel.prefix import stage_key
+from egomodel.model import checkpoint as ck
+from egomodel.training.engine import train
+from egomodel.training.stage_keys import stage_key
 from tests.conftest import tiny_config
-from tuning.stage_store import StageStore
+from tuning.execution.stage_store import StageStore
 
 
 def test_two_concurrent_claims_compute_once(tmp_path):
@@ -89,6 +90,15 @@ def test_keys_follow_what_each_stage_depends_on(tiny_root):
     assert stage_key(base, fp, 1) != stage_key(tiny_config(tiny_root, train__seed=1), fp, 1)
     assert stage_key(base, fp, 1) != stage_key(base, "e" * 16, 1)  # another data set
     assert stage_key(base, fp, 1) == stage_key(tiny_config(tiny_root, model__variant="ms"), fp, 1)
+
+
+def test_the_code_version_hashes_all_of_egomodel():
+    """Stage results depend on the model, the data pipeline and the training code alike: the hash reads
+    the whole package, wherever stage_keys.py lives in it."""
+    import egomodel
+    from egomodel.training import stage_keys
+
+    assert stage_keys.SOURCE == Path(egomodel.__file__).resolve().parent
 
 
 def test_trials_share_stages_exactly(tmp_path, tiny_root):

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from egomodel.data import synthetic
-from egomodel.data.synthetic import FLOW_SCALE, MARKER, add_quirks, default_root, generate, plan_classes
+from egomodel.data.synthetic import MARKER, add_quirks, default_root, generate
+from egomodel.data.synthetic_scene import CLASS_ORDER, FLOW_SCALE, plan_classes
 
 SMALL = {"classes": 4, "clips_per_class": 2, "frames": 6, "size": (64, 48), "seed": 0, "users": 4}
 
@@ -141,13 +142,13 @@ def test_stir_moves_along_both_axes(small: Path) -> None:
 
 def test_classes_include_motion_only_pairs() -> None:
     assert [c.name for c in plan_classes(2)] == ["shake_cup", "stir_cup"]
-    for n in range(2, len(synthetic.CLASS_ORDER) + 1):
+    for n in range(2, len(CLASS_ORDER) + 1):
         plan = plan_classes(n)
         assert len({c.name for c in plan}) == n
         assert any(a.obj == b.obj and a.motion != b.motion for a in plan for b in plan)
     four = plan_classes(4)
     assert any(a.motion == b.motion and a.obj != b.obj for a in four for b in four)
-    for bad in (1, len(synthetic.CLASS_ORDER) + 1):
+    for bad in (1, len(CLASS_ORDER) + 1):
         with pytest.raises(ValueError, match="number of classes"):
             plan_classes(bad)
 

@@ -1,4 +1,5 @@
-"""egomodel.visualize: training curves, CAM overlays and feedback β/γ maps of a model, as PNG files."""
+"""egomodel.reporting.pictures (and its command, egomodel.visualize): training curves, CAM overlays and
+feedback β/γ maps of a model, as PNG files."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from egomodel import checkpoint as ck
-from egomodel import visualize as vis
+from egomodel import visualize
 from egomodel.config import ModelConfig
 from egomodel.data.dataset import load_bundle
 from egomodel.model import EgoRNN
-from egomodel.stages import apply_stage
+from egomodel.model import checkpoint as ck
+from egomodel.reporting import pictures as vis
+from egomodel.training.stages import apply_stage
 from tests.conftest import tiny_config
 
 SIZE, T, C = 64, 3, 4
@@ -132,12 +134,12 @@ def test_model_plots_from_a_checkpoint(tmp_path, tiny_root):
     assert all(is_png(f) for f in files)
     # the command line does the same
     (tmp_path / "metrics.json").write_text(json.dumps({"history": HISTORY}))
-    assert vis.main(["--checkpoint", str(path), "--out", str(tmp_path / "cli"), "--metrics",
+    assert visualize.main(["--checkpoint", str(path), "--out", str(tmp_path / "cli"), "--metrics",
                      str(tmp_path / "metrics.json"), "--clips", "2"]) == 0
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(f.name for f in files)
 
 
-# ------------------------------------------------------------------ a search as a whole (tuning.plots)
+# ------------------------------------------------------------------ a search as a whole (tuning.tracking.study_plots)
 def _study(n_complete: int, n_pruned: int = 1, n_failed: int = 1):
     import optuna
 
@@ -161,7 +163,7 @@ def _study(n_complete: int, n_pruned: int = 1, n_failed: int = 1):
     (4, {"optuna_history.png", "optuna_importances.png", "optuna_parallel_coordinate.png"}, None),
 ])
 def test_study_plots_skip_what_the_study_cannot_give(tmp_path, complete, expected, note):
-    from tuning.plots import study_plots
+    from tuning.tracking.study_plots import study_plots
 
     files, notes = study_plots(_study(complete), tmp_path)
     assert {f.name for f in files} == expected and all(is_png(f) for f in files)
@@ -171,7 +173,7 @@ def test_study_plots_skip_what_the_study_cannot_give(tmp_path, complete, expecte
 def test_study_comes_back_from_the_searcher_state(tmp_path):
     from ray.tune.search.optuna import OptunaSearch
 
-    from tuning.plots import load_study
+    from tuning.tracking.study_plots import load_study
 
     searcher = OptunaSearch(metric="val_top1", mode="max")
     searcher._ot_study = _study(2)
@@ -188,10 +190,10 @@ def test_trials_csv_has_every_trial(tmp_path):
     import mlflow
 
     from tests.test_search import write_space
-    from tuning.mlflow_runs import check_reachable, parent_run
-    from tuning.plots import trials_table
     from tuning.space import load_space
-    from tuning.tracking import MlflowCallback
+    from tuning.tracking.callback import MlflowCallback
+    from tuning.tracking.mlflow_runs import check_reachable, parent_run
+    from tuning.tracking.study_plots import trials_table
 
     space = load_space(write_space(tmp_path))
     uri = f"sqlite:///{tmp_path / 'm.db'}"
@@ -214,7 +216,7 @@ def test_trials_csv_has_every_trial(tmp_path):
 
 def test_grid_pictures_are_pasted_one_to_one(tmp_path):
     """The CAM and feedback grids are one pasted picture: each panel lands, unresampled, where the layout says."""
-    from egomodel.mosaic import Layout, colorize, grid_figure, paste
+    from egomodel.reporting.mosaic import Layout, colorize, grid_figure, paste
 
     layout = Layout(rows=2, cols=3, cell=40, left=30)
     red, blue = np.zeros((40, 40, 3), np.float32), np.zeros((40, 40, 3), np.float32)
@@ -225,7 +227,7 @@ def test_grid_pictures_are_pasted_one_to_one(tmp_path):
     y, x = layout.origin(1, 1)
     assert np.array_equal(pic[y:y + 40, x:x + 40], blue)
     assert (pic[:layout.top] == 1.0).all()  # white above the first row (the figure's title)
-    path = vis._save(grid_figure(panels, [["a", "", "c"], []], layout, "title", [("row 0", "red")]),
+    path = vis.save_figure(grid_figure(panels, [["a", "", "c"], []], layout, "title", [("row 0", "red")]),
                      tmp_path / "grid.png")
     with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB"))

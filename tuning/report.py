@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from egomodel.cli import run_cli
-from tuning.mlflow_runs import TrackingError, check_reachable
+from tuning.tracking.mlflow_runs import TrackingError, check_reachable
 
 # Table 3 of the paper: (variant, ms_task or None) -> (row name, top-1 %), in the paper's order
 PAPER = {
@@ -79,7 +79,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """Horizontal bars: ours (mean, std as error bar) beside the paper's figure."""
-    from egomodel.mosaic import pyplot
+    from egomodel.reporting.mosaic import pyplot
 
     plt = pyplot()
 

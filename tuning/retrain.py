@@ -18,9 +18,9 @@ import yaml
 
 from egomodel.config import Config, ConfigError, from_dict, known_keys
 from egomodel.data.layout import DataError
-from egomodel.engine import train
-from tuning.champion import ALIAS
-from tuning.mlflow_runs import TrackingError, check_reachable
+from egomodel.training.engine import train
+from tuning.tracking.champion import ALIAS
+from tuning.tracking.mlflow_runs import TrackingError, check_reachable
 
 
 class RetrainError(RuntimeError):

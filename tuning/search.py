@@ -20,10 +20,11 @@ from egomodel.cli import run_cli
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
-from tuning.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
-from tuning.sampling import decode, resolve_grace_period, runtime_overrides
-from tuning.space import SearchSpace, load_space
-from tuning.space_error import SpaceError
+from tuning.space.errors import SpaceError
+from tuning.space.load import load_space
+from tuning.space.sampling import decode, resolve_grace_period, runtime_overrides
+from tuning.space.types import SearchSpace
+from tuning.tracking.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
 
 REPO = Path(__file__).resolve().parents[1]
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")  # pyarrow filesystems Ray can use
@@ -117,7 +118,7 @@ def trial_resources(space: SearchSpace) -> dict[str, float]:
 
 
 def save_record(path: str, record: dict[str, str]) -> None:
-    from tuning.stage_store import filesystem
+    from tuning.execution.stage_store import filesystem
 
     fs, root = filesystem(path)
     try:
@@ -131,7 +132,7 @@ def save_record(path: str, record: dict[str, str]) -> None:
 def started_on(path: str, client: Any, name: str) -> dict[str, str | None] | None:
     """The data a saved search started on: its record next to Ray's state, else (a search started
     before records were written) its MLflow parent run's tags; None when neither says."""
-    from tuning.stage_store import filesystem
+    from tuning.execution.stage_store import filesystem
 
     fs, root = filesystem(path)
     try:
@@ -198,9 +199,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ray import tune
 
-    from tuning.searcher import make_scheduler, make_searcher
-    from tuning.tracking import MlflowCallback
-    from tuning.trainable import TrialSetup, run_trial, total_epochs
+    from tuning.execution.searcher import make_scheduler, make_searcher
+    from tuning.execution.trainable import TrialSetup, run_trial, total_epochs
+    from tuning.tracking.callback import MlflowCallback
 
     path = storage.rstrip("/") + "/" + name
     try:
@@ -251,9 +252,9 @@ def run(args: argparse.Namespace) -> int:
 
 def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: str,
            args: argparse.Namespace, tracking_uri: str) -> int:
-    from tuning.champion import register
-    from tuning.mlflow_runs import log_search_summary
-    from tuning.tracking import TRIAL_TAG
+    from tuning.tracking.champion import register
+    from tuning.tracking.mlflow_runs import log_search_summary
+    from tuning.tracking.tags import TRIAL_TAG
 
     # every trial's writes delivered (else a clean, resumable stop), then Optuna's plots and trials.csv
     log_search_summary(client, parent_id, results, space)
@@ -268,7 +269,7 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     run_id = runs[0].info.run_id
     with best.checkpoint.as_directory() as d:
         ckpt = next(Path(d).glob("stage*_best.pt"))
-        from egomodel.checkpoint import load
+        from egomodel.model.checkpoint import load
 
         classes = list(load(ckpt)["classes"])
         model_name = args.model_name or f"egosearch-{name}"

@@ -259,7 +259,7 @@ def fingerprint(root: Path | str, clips: Iterable[Clip]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _open(path: Path, mode: str) -> Image.Image:
+def open_image(path: Path, mode: str) -> Image.Image:
     """Decode an image fully, converted to ``mode``; any decoding failure becomes a DataError."""
     try:
         with Image.open(path) as image:
@@ -271,12 +271,12 @@ def _open(path: Path, mode: str) -> Image.Image:
 
 def load_gray(path: Path | str) -> np.ndarray:
     """A grayscale image (motion map or flow) as an HxW uint8 array."""
-    return np.array(_open(Path(path), "L"), dtype=np.uint8)
+    return np.array(open_image(Path(path), "L"), dtype=np.uint8)
 
 
 def load_rgb(path: Path | str) -> Image.Image:
     """An RGB frame as a PIL image in RGB mode."""
-    return _open(Path(path), "RGB")
+    return open_image(Path(path), "RGB")
 
 
 def verify_image(path: Path | str) -> None:

@@ -1,4 +1,4 @@
-"""One augmentation draw per clip, applied alike to frames, motion maps and flow (DESIGN §3)."""
+"""One augmentation draw per clip, applied alike to frames, motion maps and flow (docs/design.md §3)."""
 
 from __future__ import annotations
 

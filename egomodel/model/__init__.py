@@ -1,5 +1,6 @@
 """Ego-RNN with motion segmentation and the feedback branch, its flow stream and the two-stream
-model, one file per block."""
+model, one file per block; ``checkpoint`` is the model's saved form (written by training, read by
+evaluation, the pictures and the champion model)."""
 
 from egomodel.config import Config
 from egomodel.model.flow import FlowNet

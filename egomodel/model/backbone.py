@@ -1,5 +1,5 @@
 """ResNet-34 backbone: weight loading without network access, and a forward that exposes
-the features the rest of the model needs (DESIGN §4)."""
+the features the rest of the model needs (docs/design.md §4)."""
 
 from __future__ import annotations
 

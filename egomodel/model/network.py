@@ -1,5 +1,5 @@
 """The assembled network: ResNet-34 -> (CAM attention) -> ConvLSTM -> classifier, with the MS head
-and the feedback branch for the variants that have them (DESIGN §4)."""
+and the feedback branch for the variants that have them (docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class EgoRNN(StagedModel):
         if cfg.variant == "feedback":
             channels, _ = POINT_SHAPES[cfg.insertion]
             self.feedback = FeedbackBranch(channels, mid=cfg.feedback_channels)
-        # whether the feedback branch runs; set by egomodel.stages.apply_stage, saved in checkpoints
+        # whether the feedback branch runs; set by egomodel.training.stages.apply_stage, saved in checkpoints
         self.register_buffer("feedback_on", torch.zeros((), dtype=torch.bool))
 
     # ----------------------------------------------------------------- blocks and freezing

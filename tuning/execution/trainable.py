@@ -1,0 +1,191 @@
+"""The Ray Tune trainable: one trial = egomodel's stages for one sampled configuration.
+
+It only translates: Optuna's sample -> egomodel config, egomodel's per-epoch callback ->
+``ray.tune.report`` (with a resume checkpoint every ``checkpoint_interval_s``),
+``ray.tune.get_checkpoint()`` -> ``resume=True``.
+MLflow is written by the driver (see :mod:`tuning.tracking`), never from here.
+
+Fault injection (a hook for tests, never set in normal use): with ``EGOSEARCH_FAULT_KILL_AT_EPOCH=N``
+in the environment of the Ray workers, a trial's worker process SIGKILLs itself right after the first
+optimiser step of global epoch N, i.e. mid-epoch, with weights changed since the last checkpoint. It
+fires once per trial: it first writes ``fault_killed`` into the trial's local working folder
+(``tune.get_context().get_trial_dir()``, kept for the Ray session), and a trial that finds that file
+(Ray's retry) runs through.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from egomodel.model import checkpoint as ck
+from egomodel.training.engine import EpochReport, train
+from egomodel.training.stages import stage_plan
+from tuning.execution.stage_store import StageStore
+from tuning.space.sampling import runtime_overrides, trial_config
+from tuning.space.types import SearchSpace
+
+# what a finished trial hands to MLflow (the test files only where the space sets evaluate_test)
+FINAL_FILES = ("metrics.json", "confusion_val.png", "per_class_val.csv", "confusion_test.png", "per_class_test.csv",
+               "config.yaml", "plots")
+PLOTS = "plots"  # training curves, CAM overlays, feedback beta/gamma maps (egomodel.reporting.pictures)
+FAULT_KILL_ENV = "EGOSEARCH_FAULT_KILL_AT_EPOCH"  # tests only: see the module docstring
+FAULT_MARKER = "fault_killed"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial shares: passed once through ``tune.with_parameters``."""
+
+    space: SearchSpace
+    data_root: str
+    seed: int
+    store_uri: str | None = None  # the stage store (under the Ray storage path); None: no reuse
+
+
+def total_epochs(cfg: Any) -> int:
+    return sum(s.epochs for s in stage_plan(cfg.model.variant, cfg.train))
+
+
+def _checkpoint_dir(ckdir: Path, stage: int, extra: Path | None = None) -> Path:
+    """Hard-link (or copy) the resume state into a fresh folder for ``tune.report``; the final one
+    (``extra``: the finished run's files) has no resume state (``last.pt``), only results."""
+    tmp = Path(tempfile.mkdtemp(prefix="egockpt-"))
+    names = [ck.best_name(stage)] if extra is not None else [ck.LAST, ck.best_name(stage)]
+    for name in names:
+        src = ckdir / name
+        if src.exists():
+            try:
+                os.link(src, tmp / name)
+            except OSError:
+                shutil.copy2(src, tmp / name)
+    if extra is not None:
+        for name in FINAL_FILES:
+            if (extra / name).is_dir():
+                shutil.copytree(extra / name, tmp / name)
+            elif (extra / name).exists():
+                shutil.copy2(extra / name, tmp / name)
+    return tmp
+
+
+def _local_is_newer(ckdir: Path, restored: tune.Checkpoint) -> bool:
+    """Whether this node still holds a later resume state (``last.pt``) than Ray's checkpoint: a retried
+    trial's dead attempt wrote one after every epoch, Ray got one every ``checkpoint_interval_s``."""
+    local = ckdir / ck.LAST
+    if not local.exists():
+        return False
+    with restored.as_directory() as d:
+        theirs = Path(d) / ck.LAST
+        if not theirs.exists():
+            return True
+        try:
+            return ck.load(local)["global_epoch"] > ck.load(theirs)["global_epoch"]
+        except ValueError:  # an unreadable local state is never preferred
+            return False
+
+
+def _plots(checkpoint: Path, out: Path, history: list | None) -> None:
+    """The trial's pictures; a plotting failure is printed, never a failed trial."""
+    from egomodel.reporting.pictures import model_plots
+
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        model_plots(checkpoint, out, history=history)
+    except Exception as e:  # noqa: BLE001 - pictures are a convenience, the trial's result is not
+        print(f"warning: could not draw the trial's plots: {type(e).__name__}: {e}")
+
+
+def _fault_arm(trial_dir: Path) -> Any:
+    """``arm(done)``, called after each finished global epoch (0 before the first): when the next epoch
+    is the one ``EGOSEARCH_FAULT_KILL_AT_EPOCH`` names, its first optimiser step kills this process."""
+    at = os.environ.get(FAULT_KILL_ENV, "")
+    marker = trial_dir / FAULT_MARKER
+    if not at or marker.exists():
+        return lambda done: None
+
+    def kill(*_: Any) -> None:
+        marker.write_text(f"pid {os.getpid()} killed in global epoch {at}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def arm(done: int) -> None:
+        if done + 1 == int(at):
+            register_optimizer_step_post_hook(kill)
+
+    return arm
+
+
+def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    started = time.perf_counter()  # the trial's own wall time, reported as trial_wall_s
+    cfg = trial_config(setup.space, config, runtime_overrides(setup.space, setup.data_root, setup.seed))
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    work = trial_dir / "work"
+    ckdir = work / "checkpoints"
+    restored = tune.get_checkpoint()
+    if restored is not None and not _local_is_newer(ckdir, restored):  # a retry, or a restored search
+        restored.to_directory(str(ckdir))
+    # a retry on the same node resumes from its dead attempt's own last epoch when that is newer
+    resume = (ckdir / ck.LAST).exists()
+    n_total = total_epochs(cfg)
+    held: list[dict[str, Any]] = []
+    last_checkpoint = [time.monotonic()]  # Ray gets a resume checkpoint every checkpoint_interval_s
+    fault = _fault_arm(trial_dir)
+
+    def report(r: EpochReport) -> None:
+        metrics = {**r.metrics, "stage": r.stage, "stage_epoch": r.epoch, "global_epoch": r.global_epoch,
+                   "total_epochs": n_total, "final": False}
+        if r.from_store:
+            metrics["from_store"] = True
+        if r.global_epoch == n_total:
+            # ASHA stops a trial once it reports max_t: the last epoch goes out with the final summary
+            held.append(metrics)
+            return
+        now = time.monotonic()
+        due = now - last_checkpoint[0] >= setup.space.checkpoint_interval_s
+        if not due or (r.from_store and r.epoch < r.stage_epochs):  # replayed: one checkpoint per stored stage
+            tune.report(metrics)
+        else:
+            folder = _checkpoint_dir(r.checkpoint_dir, r.stage)
+            try:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            last_checkpoint[0] = now
+        fault(r.global_epoch)
+
+    store = StageStore(setup.store_uri) if setup.store_uri else None
+    trial_id = tune.get_context().get_trial_id()
+    if not resume:
+        fault(0)
+    final = train(cfg, work, callback=report, resume=resume, evaluate_test=setup.space.evaluate_test, progress=False,
+                  store=store, owner=f"trial {trial_id}")
+    last_stage = stage_plan(cfg.model.variant, cfg.train)[-1].number
+    if setup.space.plots:
+        _plots(ckdir / ck.best_name(last_stage), work / PLOTS, final.get("history"))
+    folder = _checkpoint_dir(ckdir, last_stage, extra=work)
+    summary = {k: v for k, v in final.items() if k not in ("history", "classes")}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    last = held[-1] if held else {"global_epoch": n_total, "total_epochs": n_total, "stage": last_stage}
+    try:
+        # the search's metric is the best checkpoint's validation score (the model a user would take)
+        tune.report(
+            {**last, "epoch_val_top1": last.get("val_top1"), "val_top1": final["val_top1"], "final": True,
+             "mean_data_wait_fraction": final["data_wait_fraction"],
+             "trial_wall_s": time.perf_counter() - started,  # training, pictures, checkpoint hand-over
+             **({"test_top1": final["test_top1"]} if final.get("test_top1") is not None else {})},
+            checkpoint=tune.Checkpoint.from_directory(str(folder)),
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    # everything a user keeps is in Ray's storage and MLflow now: free the node's scratch copy
+    # (hundreds of MB of checkpoints per trial, which Ray never deletes from its session folder)
+    shutil.rmtree(work, ignore_errors=True)

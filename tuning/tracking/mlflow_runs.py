@@ -1,0 +1,154 @@
+"""The search's side of MLflow outside the trial callback, used only by the driver.
+
+- the connection: :func:`check_reachable` fails clearly before any trial runs when the store cannot be
+  reached; :func:`quick_http` makes MLflow's HTTP client fail at once instead of retrying for minutes;
+- the parent run, one per search: :func:`parent_run` creates it, or finds it again on ``--resume``
+  (:func:`find_parent`, by its ``egosearch.ray_path`` tag);
+- the end of a search: :func:`log_search_summary` logs Optuna's plots and the CSV of all trials under
+  ``search/``, or raises :class:`TrackingError` while writes of :class:`tuning.tracking.callback.MlflowCallback`
+  are still undelivered (:func:`undelivered`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from tuning.space.types import SearchSpace
+from tuning.tracking.tags import PARENT_TAG
+from tuning.tracking.write_retry import one_line
+
+# parent run id -> number of writes the callback could not deliver by the end of the experiment
+_UNDELIVERED: dict[str, int] = {}
+
+
+class TrackingError(RuntimeError):
+    pass
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def quick_http(timeout: int = 10) -> Iterator[None]:
+    """MLflow's HTTP client fails at once instead of retrying with back-off for minutes."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def check_reachable(uri: str) -> MlflowClient:
+    """Fail before any trial starts if the tracking store cannot be reached."""
+    with quick_http():
+        try:
+            client = MlflowClient(uri)  # an unsupported scheme or a retired file store fails here
+            client.search_experiments(max_results=1)
+        except Exception as e:  # connection refused, DNS, bad scheme, unwritable sqlite
+            msg = str(e).splitlines()[0][:300] if str(e) else ""
+            raise TrackingError(f"MLflow tracking URI {uri} is not reachable: {type(e).__name__}: {msg}") from None
+    return client
+
+
+def find_parent(client: MlflowClient, experiment: str, ray_path: str) -> Any | None:
+    """The newest parent run of the search saved at ``ray_path``, or None."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    found = client.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{ray_path}'", max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    return found[0] if found else None
+
+
+def parent_run(
+    client: MlflowClient, experiment: str, ray_path: str, space: SearchSpace, fingerprint: str, resume: bool,
+    data_root: str = "",
+) -> str:
+    """The search's parent run: found again on ``--resume``, created otherwise. (That the data did not
+    change since the search started is checked before, by :func:`tuning.search.check_same_data`.)"""
+    found = find_parent(client, experiment, ray_path) if resume else None
+    if found is not None:
+        client.update_run(found.info.run_id, status="RUNNING")
+        return found.info.run_id
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=f"search-{space.name}", tags={
+        PARENT_TAG: ray_path, "git_revision": git_revision(), "data_fingerprint": fingerprint,
+        **({"data_root": data_root} if data_root else {}),
+        "space": space.name, "mlflow.note.content": space.text.split("\n", 1)[0],
+    })
+    rid = run.info.run_id
+    client.log_text(rid, space.text, f"space/{space.path.name}")
+    for k, v in {"metric": space.metric, "mode": space.mode, "num_samples": space.num_samples}.items():
+        client.log_param(rid, k, v)
+    return rid
+
+
+# -------------------------------------------------------------------------- the end of a search
+def undelivered(parent_id: str) -> int:
+    """Writes of this search that the callback could not deliver by the end of the experiment."""
+    return _UNDELIVERED.get(parent_id, 0)
+
+
+def note_undelivered(parent_id: str, writes: int) -> None:
+    """The callback says, at the end of the experiment, how many writes it still holds (0: none)."""
+    if writes:
+        _UNDELIVERED[parent_id] = writes
+    else:
+        _UNDELIVERED.pop(parent_id, None)
+
+
+def log_search_summary(client: MlflowClient, parent_id: str, results: Any, space: SearchSpace) -> list[str]:
+    """At the end of a search: make sure MLflow has every trial, then log Optuna's plots and the
+    CSV of all trials to the parent run under ``search/``.
+
+    Raises TrackingError (a clean, resumable stop) when trial writes are still undelivered or the
+    store is unreachable; a plot that cannot be drawn is a note in ``search/notes.txt``, never an error.
+    Returns the artifact paths logged.
+    """
+    hint = ("; the search's results are kept in its Ray state: once the server is back, run the same command "
+            "with --resume to deliver them, register the champion and log the search's plots")
+    n = undelivered(parent_id)
+    if n:
+        raise TrackingError(f"MLflow {client.tracking_uri} is unreachable: {n} writes of this search were not "
+                            f"delivered{hint}")
+    try:
+        check_reachable(client.tracking_uri)
+    except TrackingError as e:
+        raise TrackingError(f"{e}{hint}") from None
+    from tuning.tracking import study_plots
+
+    exp_path = getattr(results, "experiment_path", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "search"
+        notes = study_plots.search_artifacts(client, parent_id, space, exp_path, out)
+        if notes:
+            (out / "notes.txt").write_text("\n".join(notes) + "\n")
+            for note in notes:
+                print(f"note: {note}")
+        logged = sorted(f"search/{f.name}" for f in out.iterdir())
+        with quick_http(timeout=60):
+            try:
+                client.log_artifacts(parent_id, str(out), "search")
+            except Exception as e:  # noqa: BLE001
+                raise TrackingError(f"could not log the search's plots to MLflow: {one_line(e)}{hint}") from None
+    return logged
