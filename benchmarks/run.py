@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.sessions import kill_session
 from benchmarks.step import time_steps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,11 +187,19 @@ def stage1_cache(data: Path, size: int, frames: int, reps: int) -> dict[str, Any
             "stage1_cache_build_s_per_view": build}
 
 
-def _ray(*args: str) -> None:
+def _ray(*args: str) -> int:
+    """``ray start ...`` in a session of its own, whose id is returned: its daemons keep it, so
+    ``kill_session`` ends these nodes and no other Ray on the machine (``ray stop`` would end all)."""
     # Ray 2.60 nodes started by hand must agree on token auth; these local ones use none
     # and trials at normal priority, as cluster.yaml starts its nodes
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"}
-    subprocess.run([str(Path(sys.executable).parent / "ray"), *args], check=True, capture_output=True, env=env)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "ray"), *args], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        kill_session(proc.pid)
+        raise RuntimeError(f"ray {' '.join(args)} failed:\n{out[-2000:]}")
+    return proc.pid
 
 
 def two_nodes(tmp: Path, data: Path, trials: int, reps: int) -> dict[str, Any]:
@@ -203,12 +212,12 @@ def two_nodes(tmp: Path, data: Path, trials: int, reps: int) -> dict[str, Any]:
     head = f"{get_node_ip_address()}:{port}"
     ratios, whole, rates1, rates2, trial_s = [], [], [], [], {1: [], 2: []}
     for rep in range(reps):
-        rates, walls = {}, {}
+        rates, walls, sessions = {}, {}, []
         try:
-            _ray("start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard", "false")
+            sessions.append(_ray("start", "--head", "--num-cpus", "1", "--port", port, "--include-dashboard", "false"))
             for nodes in (1, 2):
                 if nodes == 2:
-                    _ray("start", "--address", head, "--num-cpus", "1")
+                    sessions.append(_ray("start", "--address", head, "--num-cpus", "1"))
                 work = tmp / f"nodes{nodes}_{rep}"
                 work.mkdir()
                 wall = _search(work, space, data, "--address", head, "--no-stage-store",
@@ -218,7 +227,8 @@ def two_nodes(tmp: Path, data: Path, trials: int, reps: int) -> dict[str, Any]:
                 trial_s[nodes] += [r[-1]["time_total_s"] for r in rows.values() if r]
                 walls[nodes] = trials / wall * 3600
         finally:
-            subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+            for sid in sessions:
+                kill_session(sid)
         ratios.append(rates[2] / rates[1])
         whole.append(walls[2] / walls[1])
         rates1.append(rates[1])

@@ -3,7 +3,6 @@ loopback that a test can kill and restart."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.sessions import kill_session  # noqa: F401 - tests import it from here
 from egomodel.config import Config, from_dict
 from egomodel.data.synthetic import generate
 
@@ -89,31 +89,6 @@ def server(tmp_path):
     srv = MlflowServer(tmp_path)
     yield srv
     srv.kill()
-
-
-def kill_session(sid: int, timeout: float = 30) -> None:
-    """SIGKILL every process of session ``sid``: a search driver started with ``start_new_session=True``
-    and the local Ray it started. Ray's workers leave the driver's process group but keep its session,
-    so this ends that Ray and no other (never ``ray stop``, which ends every Ray on the machine)."""
-
-    def members() -> list[int]:
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(stat.parent.name))
-        return pids
-
-    deadline = time.time() + timeout
-    while (pids := members()) and time.time() < deadline:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
-    assert not members(), f"processes of session {sid} survived SIGKILL: {members()}"
 
 
 def per_class(csv_path: Path) -> dict[str, tuple[int, int]]:
