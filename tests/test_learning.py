@@ -1,4 +1,4 @@
-"""A whole three-stage ``feedback`` run from random weights learns the synthetic task (DESIGN §8).
+"""A whole three-stage ``feedback`` run from random weights learns the synthetic task.
 
 The setting is the cheapest found that learns reliably: about 90 s on one CPU core (measured
 85-100 s CPU with the other core busy; about 10 s of it is writing checkpoints):
