@@ -3,7 +3,8 @@ the features the rest of the model needs (docs/design.md §4)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -81,6 +82,23 @@ def resnet_blocks(net: ResNet) -> dict[str, list[nn.Module]]:
 POINT_SHAPES = {"conv1": (64, 2), "layer1": (64, 4), "layer2": (64, 4), "layer3": (128, 8), "layer4": (256, 16)}
 
 
+@contextlib.contextmanager
+def cumulative_bn_stats(bns: list[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """Inside: ``bns`` in train mode with reset statistics that average every batch seen equally
+    (momentum None); after: their own momentum and mode again, the new statistics kept."""
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        yield
+    finally:
+        for m, (momentum, training) in zip(bns, saved):
+            m.momentum = momentum
+            m.train(training)
+
+
 @torch.no_grad()
 def calibrate_batchnorm(net: ResNet, batches: list[torch.Tensor]) -> None:
     """Set BN running statistics from data (cumulative average over ``batches`` of frames).
@@ -89,14 +107,6 @@ def calibrate_batchnorm(net: ResNet, batches: list[torch.Tensor]) -> None:
     the default statistics (mean 0, var 1) let activations grow through 16 residual blocks and
     saturate the ConvLSTM gates, so a frozen random backbone would teach stage 1 nothing.
     """
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    for x in batches:
-        backbone_features(net, x)
-    for m, (momentum, training) in zip(bns, saved):
-        m.momentum = momentum
-        m.train(training)
+    with cumulative_bn_stats([m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]):
+        for x in batches:
+            backbone_features(net, x)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from egomodel.config import Config
 from egomodel.data.transforms import normalize_frames
+from egomodel.model.backbone import cumulative_bn_stats
 from egomodel.model.staged import StagedModel
 from egomodel.training.losses import total_loss
 
@@ -120,16 +121,11 @@ def precise_bn(model: StagedModel, loader: DataLoader, cfg: Config, device: torc
     it scored 0.89 on the unseen test user. Returns the number of layers recomputed."""
     model.train()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    for batch in loader:
-        batch = to_device(batch, device)
-        with autocast(device, cfg.train.precision):
-            model(*inputs(model, batch))
-    for m, momentum in zip(bns, momenta):
-        m.momentum = momentum
+    with cumulative_bn_stats(bns):
+        for batch in loader:
+            batch = to_device(batch, device)
+            with autocast(device, cfg.train.precision):
+                model(*inputs(model, batch))
     return len(bns)
 
 
