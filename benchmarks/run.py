@@ -87,12 +87,20 @@ def _best_config(rows: dict[str, list[dict[str, Any]]]) -> tuple[Any, float]:
 def search_cost(tmp: Path, data: Path, trials: int) -> dict[str, Any]:
     """Stage-epochs executed by one ablation-style search with the stage store and one without."""
     space = _space(tmp, "cost", ABLATION_PARAMS, trials, 2)
-    results = {}
+    runs = {}
     for label, extra in (("store", []), ("naive", ["--no-stage-store"])):
         work = tmp / label
         work.mkdir()
         wall = _search(work, space, data, *extra)
-        rows = _rows(work / "ray_results" / "cost")
+        runs[label] = (_rows(work / "ray_results" / "cost"), wall)
+    return cost_figures(runs["store"], runs["naive"])
+
+
+def cost_figures(store: tuple[dict[str, list[dict[str, Any]]], float],
+                 naive: tuple[dict[str, list[dict[str, Any]]], float]) -> dict[str, Any]:
+    """The search-cost figures from two searches' Ray results (``_rows``) and wall times."""
+    results = {}
+    for label, (rows, wall) in (("store", store), ("naive", naive)):
         waits = [r[-1].get("mean_data_wait_fraction") for r in rows.values() if r and r[-1].get("final")]
         results[label] = {"epochs": sum(_executed_epochs(r) for r in rows.values()), "wall_s": wall,
                           "best": _best_config(rows), "data_wait": statistics.mean(w for w in waits if w is not None)}
@@ -101,6 +109,13 @@ def search_cost(tmp: Path, data: Path, trials: int) -> dict[str, Any]:
             "stage_epochs_without_store": n["epochs"], "search_wall_ratio": s["wall_s"] / n["wall_s"],
             "same_best_configuration": s["best"][0] == n["best"][0],
             "data_wait_fraction": s["data_wait"]}
+
+
+def trial_seconds(rows: dict[str, list[dict[str, Any]]]) -> list[float]:
+    """Each finished trial's time: the larger of Ray's time_total_s and the trial's own wall clock
+    (trial_wall_s: from the trial function's first line to its final report, pictures and checkpoint
+    hand-over included)."""
+    return [max(r[-1]["time_total_s"], r[-1]["trial_wall_s"]) for r in rows.values() if r and r[-1].get("final")]
 
 
 def tune_overhead(tmp: Path, data: Path, reps: int) -> dict[str, Any]:
@@ -115,16 +130,17 @@ def tune_overhead(tmp: Path, data: Path, reps: int) -> dict[str, Any]:
         work = tmp / name
         work.mkdir()
         _search(work, space, data, "--no-stage-store")
-        # the larger of Ray's time_total_s and the trial's own wall clock (trial_wall_s: from the trial
-        # function's first line to its final report, pictures and checkpoint hand-over included)
-        tuned_by[plots] = [max(r[-1]["time_total_s"], r[-1]["trial_wall_s"])
-                           for r in _rows(work / "ray_results" / name).values()]
-    tuned = tuned_by[True]
+        tuned_by[plots] = trial_seconds(_rows(work / "ray_results" / name))
     # each direct run in a fresh process with one thread, as each trial gets a fresh 1-CPU Ray worker:
     # an in-process run after the other benchmarks would start with warm caches the trial never has
     direct = [_direct_train(data, work / f"direct{i}") for i in range(reps)]
+    return overhead_figures(tuned_by[True], tuned_by[False], direct)
+
+
+def overhead_figures(tuned: list[float], tuned_without_plots: list[float], direct: list[float]) -> dict[str, Any]:
+    """Trial seconds under Tune (with and without the trial's pictures) against direct training."""
     return {"tune_overhead_ratio": statistics.median(tuned) / statistics.median(direct),
-            "tune_overhead_ratio_without_plots": statistics.median(tuned_by[False]) / statistics.median(direct),
+            "tune_overhead_ratio_without_plots": statistics.median(tuned_without_plots) / statistics.median(direct),
             "trial_s_under_tune": statistics.median(tuned), "trial_s_direct": statistics.median(direct)}
 
 

@@ -1,9 +1,11 @@
-"""Shared fixtures: a tiny synthetic GTEA61-layout data set, a tiny CPU config, and an MLflow server on
-loopback that a test can kill and restart."""
+"""Shared fixtures: a tiny synthetic GTEA61-layout data set, a tiny CPU config, one smoke search that
+every test reading a finished search shares, and an MLflow server on loopback that a test can kill and
+restart."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,12 +14,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
+import yaml
 
 from benchmarks.sessions import kill_session  # noqa: F401 - tests import it from here
 from egomodel.config import Config, from_dict
 from egomodel.data.synthetic import generate
+from tuning.space import SPACES_DIR
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
     "model.pretrained": "none",
@@ -39,6 +46,59 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config(root: Path, **overrides: object) -> Config:
     values = {**TINY, "data.root": str(root), **{k.replace("__", "."): v for k, v in overrides.items()}}
     return from_dict({}, values)
+
+
+def write_space(tmp: Path, **changes: object) -> Path:
+    """``smoke.yaml`` as ``test_space``, with ``changes`` applied to its top-level keys."""
+    space = yaml.safe_load((SPACES_DIR / "smoke.yaml").read_text())
+    space["base"]["train.eval_batch_size"] = 32
+    space["name"] = "test_space"
+    space.update(changes)
+    path = tmp / "test_space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def search_cmd(space: Path, root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tuning.search", "--space", str(space), "--data", str(root), *extra]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", "TQDM_DISABLE": "1"}
+
+
+def client_of(tmp: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+
+
+class SmokeSearch:
+    """A finished three-trial smoke search (``test_space``, 2 at a time, ASHA) in ``folder``: Ray's
+    results in ``folder/ray_results``, MLflow in ``folder/mlflow.db`` with artifacts under
+    ``folder/mlruns``, the driver's output in ``stdout``. Tests read it; a test that writes to MLflow
+    (a retrain, a UI server) takes its own copy of the store with :meth:`own_store`."""
+
+    def __init__(self, folder: Path, stdout: str) -> None:
+        self.folder, self.stdout = folder, stdout
+        self.exp_dir = folder / "ray_results" / "test_space"
+
+    def own_store(self, dest: Path) -> str:
+        """A private copy of the search's MLflow store in ``dest`` (artifacts stay shared); its URI."""
+        shutil.copy2(self.folder / "mlflow.db", dest / "mlflow.db")
+        return f"sqlite:///{dest / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def smoke_search(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path):
+    """One search for the whole session: the MLflow records, the champion, the Optuna study, retrain,
+    the UI and the benchmark figures are all read from it (each search costs a minute here)."""
+    tmp = tmp_path_factory.mktemp("search")
+    space = write_space(tmp, num_samples=3, max_concurrent=2)
+    proc = subprocess.run(search_cmd(space, tiny_root), cwd=tmp, env=env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    yield SmokeSearch(tmp, proc.stdout)
+    for heavy in ("ray_results", "mlruns"):  # checkpoints and the model: hundreds of MB
+        shutil.rmtree(tmp / heavy, ignore_errors=True)
 
 
 def free_port() -> int:

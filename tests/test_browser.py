@@ -22,9 +22,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
-
-from tuning.space import SPACES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -38,7 +35,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-EXPERIMENT = "browser_test"
+EXPERIMENT = "test_space"  # the session's smoke search (tests/conftest.py)
 MODEL = f"egosearch-{EXPERIMENT}"
 UI_TIMEOUT_MS = 90_000  # the React app on a loaded 2-core machine
 
@@ -81,20 +78,9 @@ def artifacts(capsys: pytest.CaptureFixture[str]) -> Path:
 
 
 @pytest.fixture
-def searched(tmp_path: Path, tiny_root: Path):
-    """A two-trial smoke search (2/1/1 epochs) into tmp_path/mlflow.db; returns the tracking URI."""
-    space = yaml.safe_load((SPACES_DIR / "smoke.yaml").read_text())
-    space.update(name=EXPERIMENT, num_samples=2, max_concurrent=2)
-    space["base"].update({"train.epochs_scale": 0.005, "train.eval_batch_size": 32})
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "tuning.search", "--space", str(tmp_path / "space.yaml"), "--data", str(tiny_root),
-           "--tracking-uri", uri, "--storage", str(tmp_path / "ray_results")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    yield uri
-    for heavy in ("ray_results", "mlruns"):  # checkpoints and the model: GBs, not needed afterwards
-        shutil.rmtree(tmp_path / heavy, ignore_errors=True)
+def searched(tmp_path: Path, smoke_search) -> str:
+    """The session's three-trial smoke search, in a copy of its MLflow store; the tracking URI."""
+    return smoke_search.own_store(tmp_path)
 
 
 @pytest.fixture
@@ -143,7 +129,7 @@ def test_mlflow_ui_shows_parent_children_and_champion(sync_playwright, searched:
     assert len(parents) == 1
     parent = parents[0]
     children = [r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2 and all(children)
+    assert len(children) == 3 and all(children)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.run_id == parent.data.tags["best_run_id"]
 

@@ -17,9 +17,8 @@ import torch
 from egomodel.data.dataset import load_bundle
 from egomodel.model import checkpoint as ck
 from egomodel.training.engine import train
-from tests.conftest import kill_session, tiny_config
+from tests.conftest import client_of, env, kill_session, search_cmd, tiny_config, write_space
 from tests.test_reliability import artifact_paths, children, steps
-from tests.test_search import client_of, env, search_cmd, write_space
 from tuning.execution.trainable import FAULT_KILL_ENV
 from tuning.search import RECORD
 from tuning.space import load_space

@@ -18,8 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import free_port
-from tests.test_search import write_space
+from tests.conftest import free_port, write_space
 from tuning.tracking.mlflow_runs import check_reachable
 
 REPO = Path(__file__).resolve().parents[1]

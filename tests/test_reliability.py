@@ -13,8 +13,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 
-from tests.conftest import free_port
-from tests.test_search import write_space
+from tests.conftest import free_port, write_space
 from tuning.space import load_space
 from tuning.tracking import mlflow_runs, write_retry
 from tuning.tracking.callback import MlflowCallback

@@ -15,42 +15,12 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import kill_session
-from tuning.space import SPACES_DIR
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import client_of, env, kill_session, search_cmd, write_space
 
 
-def write_space(tmp: Path, **changes: object) -> Path:
-    space = yaml.safe_load((SPACES_DIR / "smoke.yaml").read_text())
-    space["base"]["train.eval_batch_size"] = 32
-    space["name"] = "test_space"
-    space.update(changes)
-    path = tmp / "test_space.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
-
-
-def search_cmd(space: Path, root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tuning.search", "--space", str(space), "--data", str(root), *extra]
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", "TQDM_DISABLE": "1"}
-
-
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory, tiny_root):
-    tmp = tmp_path_factory.mktemp("search")
-    space = write_space(tmp, num_samples=3, max_concurrent=2)
-    proc = subprocess.run(search_cmd(space, tiny_root), cwd=tmp, env=env(), capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tmp, proc.stdout
-
-
-def client_of(tmp: Path) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+@pytest.fixture
+def searched(smoke_search):
+    return smoke_search.folder, smoke_search.stdout
 
 
 def test_smoke_search_records_everything_in_mlflow(searched):
@@ -112,9 +82,9 @@ def test_optuna_study_matches_ray_outcomes(searched):
     assert sorted(states) == expected
 
 
-def test_retrain_champion(searched):
-    tmp, _ = searched
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+def test_retrain_champion(smoke_search, tmp_path):
+    tmp = tmp_path  # retrain writes a run: into a copy of the search's store
+    uri = smoke_search.own_store(tmp)
     proc = subprocess.run([sys.executable, "-m", "tuning.retrain", "--champion", "--seeds", "2",
                            "--epochs-scale", "0.005", "--tracking-uri", uri, "--out", str(tmp / "rt")],
                           cwd=tmp, env=env(), capture_output=True, text=True, timeout=900)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_search import client_of, env, search_cmd
+from tests.conftest import client_of, env, search_cmd
 from tuning.report import PAPER, main
 from tuning.space import SPACES_DIR, load_space
 

@@ -189,7 +189,7 @@ def test_trials_csv_has_every_trial(tmp_path):
 
     import mlflow
 
-    from tests.test_search import write_space
+    from tests.conftest import write_space
     from tuning.space import load_space
     from tuning.tracking.callback import MlflowCallback
     from tuning.tracking.mlflow_runs import check_reachable, parent_run
