@@ -22,7 +22,8 @@ from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
 from tuning.space.errors import SpaceError
 from tuning.space.load import load_space
-from tuning.space.sampling import decode, resolve_grace_period, runtime_overrides
+from tuning.space.rungs import resolve_rungs
+from tuning.space.sampling import decode, runtime_overrides
 from tuning.space.types import SearchSpace
 from tuning.tracking.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
 
@@ -230,11 +231,12 @@ def run(args: argparse.Namespace) -> int:
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
         n_total = total_epochs(cfg)
+        rungs = resolve_rungs(space, cfg) if space.scheduler.type == "asha" else ()
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=make_searcher(space, args.max_concurrent or space.max_concurrent, seed),
-                scheduler=make_scheduler(space, n_total, resolve_grace_period(space, cfg)),
+                scheduler=make_scheduler(space, n_total, rungs),
                 num_samples=args.num_samples or space.num_samples,
                 metric=space.metric, mode=space.mode,
             ),
