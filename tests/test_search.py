@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -39,14 +40,34 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0", "TQDM_DISABLE": "1"}
 
 
+def load_study(tmp: Path, name: str = "test_space") -> Any:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp / 'optuna.db'}")
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, tiny_root):
+    """A smoke search of 3 trials; while it runs, its Optuna study is read from optuna.db as a user
+    would (the trial counts seen are returned)."""
     tmp = tmp_path_factory.mktemp("search")
     space = write_space(tmp, num_samples=3, max_concurrent=2)
-    proc = subprocess.run(search_cmd(space, tiny_root), cwd=tmp, env=env(), capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tmp, proc.stdout
+    with (tmp / "out.txt").open("w+") as out, (tmp / "err.txt").open("w+") as err:
+        proc = subprocess.Popen(search_cmd(space, tiny_root), cwd=tmp, env=env(), stdout=out, stderr=err)
+        seen = []
+        deadline = time.time() + 900
+        while proc.poll() is None and time.time() < deadline:
+            time.sleep(2)
+            if (tmp / "optuna.db").exists():
+                try:
+                    seen.append(len(load_study(tmp).trials))
+                except KeyError:  # not created yet
+                    pass
+        proc.wait(timeout=max(1.0, deadline - time.time()))
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return tmp, stdout, seen
 
 
 def client_of(tmp: Path) -> mlflow.MlflowClient:
@@ -54,7 +75,7 @@ def client_of(tmp: Path) -> mlflow.MlflowClient:
 
 
 def test_smoke_search_records_everything_in_mlflow(searched):
-    tmp, out = searched
+    tmp, out, _ = searched
     assert "best trial" in out and "mlflow ui --backend-store-uri" in out and "tuning.retrain --run-id" in out
     client = client_of(tmp)
     exp = client.get_experiment_by_name("test_space")
@@ -65,6 +86,8 @@ def test_smoke_search_records_everything_in_mlflow(searched):
     parent = parents[0]
     for tag in ("git_revision", "data_fingerprint", "best_trial_id", "best_run_id", "champion"):
         assert parent.data.tags.get(tag), tag
+    assert parent.data.tags["optuna_storage"] == f"sqlite:///{tmp / 'optuna.db'}"
+    assert parent.data.tags["optuna_study"] == "test_space"
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "space")] == ["space/test_space.yaml"]
     for child in children:
         params = child.data.params
@@ -87,7 +110,7 @@ def test_smoke_search_records_everything_in_mlflow(searched):
 
 
 def test_champion_loads_and_predicts(searched):
-    tmp, _ = searched
+    tmp, *_ = searched
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/egosearch-test_space@champion")
     classes = model.metadata.metadata["classes"]
@@ -97,23 +120,43 @@ def test_champion_loads_and_predicts(searched):
 
 
 def test_optuna_study_matches_ray_outcomes(searched):
+    """The study in optuna.db (as optuna.load_study and optuna-dashboard open it): one trial per Ray trial,
+    each epoch at its global epoch; a pruned trial ends on a rung (5 or 6) with that epoch's value."""
     from ray.tune.search.optuna import OptunaSearch
 
-    tmp, _ = searched
-    exp_dir = tmp / "ray_results" / "test_space"
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(exp_dir))
-    states = [t.state.name for t in searcher._ot_study.trials]
+    tmp, _, seen = searched
+    assert seen and max(seen) >= 1  # readable while the search ran
+    study = load_study(tmp)
     client = client_of(tmp)
     runs = client.search_runs([client.get_experiment_by_name("test_space").experiment_id],
                               "tags.`egosearch.outcome` != ''")
     outcomes = sorted(r.data.tags["egosearch.outcome"] for r in runs)
     expected = sorted("COMPLETE" if o == "completed" else "PRUNED" for o in outcomes)
-    assert sorted(states) == expected
+    assert sorted(t.state.name for t in study.trials) == expected
+    for t in study.trials:
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(1, steps[-1] + 1))
+        assert steps[-1] == (7 if t.state.name == "COMPLETE" else steps[-1]) and steps[-1] in (5, 6, 7)
+        if t.state.name == "PRUNED":
+            assert t.value == t.intermediate_values[steps[-1]]
+    searcher = OptunaSearch()  # Ray's saved searcher opens the same study
+    searcher.restore_from_dir(str(tmp / "ray_results" / "test_space"))
+    assert [t.number for t in searcher._ot_study.trials] == [t.number for t in study.trials]
+
+
+def test_a_new_search_never_joins_an_existing_study(searched, tiny_root):
+    tmp, *_ = searched
+    (tmp / "again").mkdir(exist_ok=True)
+    space = write_space(tmp / "again")
+    proc = subprocess.run(search_cmd(space, tiny_root, "--storage", str(tmp / "other_results"),
+                                     "--optuna-storage", f"sqlite:///{tmp / 'optuna.db'}"),
+                          cwd=tmp, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Optuna study named 'test_space' already exists" in proc.stderr, proc.stderr
+    assert "--resume" in proc.stderr and not (tmp / "other_results").exists()
 
 
 def test_retrain_champion(searched):
-    tmp, _ = searched
+    tmp, *_ = searched
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     proc = subprocess.run([sys.executable, "-m", "tuning.retrain", "--champion", "--seeds", "2",
                            "--epochs-scale", "0.005", "--tracking-uri", uri, "--out", str(tmp / "rt")],
@@ -174,6 +217,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_root):
     assert len(children) == 2 and len({r.data.tags["ray.trial_id"] for r in children}) == 2
     assert all(r.data.tags["egosearch.outcome"] == "completed" for r in children)
     assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1
+    study = load_study(tmp_path)  # one study, each Ray trial in it once
+    assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials), study.trials
+    assert all(sorted(t.intermediate_values) == [1, 2, 3, 4] for t in study.trials)
 
 
 @pytest.mark.parametrize(
@@ -185,6 +231,8 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_root):
         (["--resume"], "nothing to resume"),
         (["--num-samples", "0"], "--num-samples"),
         (["--data", "/nonexistent/GTEA61"], "does not exist"),
+        (["--warm-start", "no_such_search"], "no Optuna study and no MLflow experiment of that name"),
+        (["--optuna-storage", "sqlite:////nonexistent/dir/optuna.db"], "cannot be opened"),
     ],
 )
 def test_bad_input_fails_before_any_trial(tmp_path, tiny_root, args, message):

@@ -19,6 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from tuning.execution.study import METRIC_ATTR, orphans
 from tuning.space.sampling import DefineByRun, encode_point
 from tuning.space.types import SearchSpace
 
@@ -57,6 +58,16 @@ class PruneAwareOptunaSearch(OptunaSearch):
             return
         self._report(trial_id, result)
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Ray's saved searcher (``--resume``). With a study in a database, a trial asked for after Ray last
+        saved the search was lost with the driver before it ran: it is told FAIL, never run twice."""
+        super().restore(checkpoint_path)
+        lost = orphans(self._ot_study, {t.number for t in self._ot_trials.values()})
+        for number in lost:
+            self._ot_study.tell(number, state=TrialState.FAIL)
+        if lost:
+            print(f"Optuna trials {lost} were asked for but never ran before the search stopped: told FAIL")
+
 
 def make_sampler(seed: int) -> optuna.samplers.TPESampler:
     """Multivariate TPE that splits the space by which params a trial has (``group``: tau exists only
@@ -68,14 +79,24 @@ def make_sampler(seed: int) -> optuna.samplers.TPESampler:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
-def make_searcher(space: SearchSpace, max_concurrent: int, seed: int) -> ConcurrencyLimiter:
+def make_searcher(space: SearchSpace, max_concurrent: int, seed: int, storage: Any = None,
+                  study_name: str | None = None, warm: list[optuna.trial.FrozenTrial] | None = None
+                  ) -> ConcurrencyLimiter:
+    """TPE inside Ray; the study in ``storage`` (an Optuna storage; None: in memory, saved only with Ray's
+    searcher state) under ``study_name``, with the ``warm`` trials added before the first trial."""
     searcher = PruneAwareOptunaSearch(
         space=DefineByRun(space),
         metric=space.metric,
         mode=space.mode,
         points_to_evaluate=[encode_point(space, p) for p in space.points] or None,
         sampler=make_sampler(seed),
+        storage=storage,
+        study_name=study_name,
     )
+    study = searcher._ot_study
+    study.set_user_attr(METRIC_ATTR, space.metric)
+    if warm:
+        study.add_trials(warm)
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
