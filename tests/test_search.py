@@ -77,6 +77,7 @@ def client_of(tmp: Path) -> mlflow.MlflowClient:
 def test_smoke_search_records_everything_in_mlflow(searched):
     tmp, out, _ = searched
     assert "best trial" in out and "mlflow ui --backend-store-uri" in out and "tuning.retrain --run-id" in out
+    assert "--epochs-scale 0.01" in out  # the suggested retrain keeps the smoke search's short schedule
     client = client_of(tmp)
     exp = client.get_experiment_by_name("test_space")
     runs = client.search_runs([exp.experiment_id])
@@ -165,6 +166,8 @@ def test_retrain_champion(searched):
     client = client_of(tmp)
     runs = client.search_runs([client.get_experiment_by_name("test_space").experiment_id], "tags.kind = 'retrain'")
     assert len(runs) == 1
+    assert runs[0].data.params["train.epochs_scale"] == "0.005" and runs[0].data.params["search_epochs_scale"] == "0.01"
+    assert runs[0].data.tags["epochs_scale_from"] == "--epochs-scale"
     m = runs[0].data.metrics
     seeds = [k for k in m if k.startswith("test_top1_seed")]
     assert len(seeds) == 2 and "test_top1_mean" in m and "test_top1_std" in m

@@ -334,8 +334,9 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     ui = tracking_uri if not tracking_uri.startswith("http") else None
     print("\nnext:")
     print(f"  mlflow ui --backend-store-uri {ui}" if ui else f"  open {tracking_uri} in a browser")
+    scale = float(params.get("train.epochs_scale", 1.0))  # the search's schedule; retrain's default is the full one
     print(f"  python -m tuning.retrain --run-id {run_id} --tracking-uri {tracking_uri}"
-          + (f" --data {args.data}" if args.data else ""))
+          + (f" --data {args.data}" if args.data else "") + (f" --epochs-scale {scale:g}" if scale != 1.0 else ""))
     if space.evaluate_test:
         print(f"  python -m tuning.report --parent {parent_id} --tracking-uri {tracking_uri}")
     return 0
