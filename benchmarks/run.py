@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.machine import machine
 from benchmarks.sessions import kill_session
 from benchmarks.step import time_steps
 
@@ -39,13 +39,6 @@ ABLATION_PARAMS = {
     "model.insertion": {"type": "categorical", "choices": ["conv1", "layer1", "layer2", "layer3", "layer4"]},
     "train.stage3.lr": {"type": "float", "low": 1.0e-5, "high": 1.0e-2, "log": True},
 }
-
-
-def machine() -> str:
-    import torch
-
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
 
 
 def _space(tmp: Path, name: str, params: dict[str, Any], n: int, conc: int, **extra: Any) -> Path:

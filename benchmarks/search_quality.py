@@ -98,7 +98,7 @@ def measure(table_path: Path, seeds: int, progress: bool = True) -> dict[str, An
     """Record (or reuse) the table, then replay every strategy under one ``ray.init``."""
     import ray
 
-    from benchmarks.run import machine
+    from benchmarks.machine import machine
 
     if table_path.exists():
         saved = json.loads(table_path.read_text())
