@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -42,8 +43,14 @@ def smoke_base() -> dict[str, Any]:
 
 def record(path: Path, data: Path, seeds: tuple[int, ...] = (0, 1), grid: dict[str, list[Any]] | None = None,
            progress: bool = True) -> Table:
-    """Train every grid configuration with each seed (stage prefixes shared through a local stage store)
-    and write the table, with the wall time it took, to ``path``."""
+    """Train every grid configuration with each seed (stage prefixes shared through a stage store) and
+    write the table, with the wall time it took, to ``path``.
+
+    An interrupted recording resumes: the curves recorded so far are kept in ``<path stem>.partial.json``
+    after every configuration and the stage store in ``<path stem>_store/`` beside it (both removed once
+    the table is written)."""
+    import shutil
+
     from tqdm import tqdm
 
     from egomodel.config import from_dict
@@ -57,24 +64,43 @@ def record(path: Path, data: Path, seeds: tuple[int, ...] = (0, 1), grid: dict[s
     plan = stage_plan(base["model.variant"], from_dict({}, base).train)
     table = Table(grid, [s.epochs for s in plan], {k: first_stage_reading(k, [s.number for s in plan]) for k in grid},
                   {}, base)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="egoquality-") as tmp:
-        store = StageStore(f"{tmp}/store")
-        configs = table.configs()
-        with tqdm(total=len(seeds) * len(configs), desc="recording curves", disable=not progress) as bar:
-            for seed in seeds:
-                curves = table.curves.setdefault(str(seed), {})
-                for i, config in enumerate(configs):
-                    cfg = from_dict({}, {**base, **config, "train.seed": seed})
-                    out = train(cfg, Path(tmp) / f"run{seed}-{i}", evaluate_test=False, progress=False, store=store,
-                                owner=f"record {seed}-{i}")
-                    rows = sorted(out["history"], key=lambda h: h["global_epoch"])
-                    curves[table.key(config)] = [float(h["val_top1"]) for h in rows]
-                    bar.update(1)
+    partial = path.with_name(path.stem + ".partial.json")
+    store_dir = path.with_name(path.stem + "_store")
+    spent = 0.0
+    if partial.exists():
+        saved = json.loads(partial.read_text())
+        if saved["params"] == grid:
+            table.curves.update(saved["curves"])
+            spent = saved["record_wall_s"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**table.to_json(), "record_wall_s": time.perf_counter() - started,
-                                "recorded": date.today().isoformat()}))
+    started = time.perf_counter()
+    store = StageStore(str(store_dir.resolve()))
+    configs = table.configs()
+    todo = [(seed, i, c) for seed in seeds for i, c in enumerate(configs)
+            if table.key(c) not in table.curves.get(str(seed), {})]
+    with tempfile.TemporaryDirectory(prefix="egoquality-") as tmp, \
+            tqdm(total=len(seeds) * len(configs), initial=len(seeds) * len(configs) - len(todo),
+                 desc="recording curves", disable=not progress) as bar:
+        for seed, i, config in todo:
+            cfg = from_dict({}, {**base, **config, "train.seed": seed})
+            out = train(cfg, Path(tmp) / f"run{seed}-{i}", evaluate_test=False, progress=False, store=store,
+                        owner=f"record {seed}-{i}")
+            shutil.rmtree(Path(tmp) / f"run{seed}-{i}", ignore_errors=True)
+            rows = sorted(out["history"], key=lambda h: h["global_epoch"])
+            table.curves.setdefault(str(seed), {})[table.key(config)] = [float(h["val_top1"]) for h in rows]
+            _write(partial, {**table.to_json(), "record_wall_s": spent + time.perf_counter() - started})
+            bar.update(1)
+    _write(path, {**table.to_json(), "record_wall_s": spent + time.perf_counter() - started,
+                  "recorded": date.today().isoformat()})
+    partial.unlink(missing_ok=True)
+    shutil.rmtree(store_dir, ignore_errors=True)
     return table
+
+
+def _write(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
