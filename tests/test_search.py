@@ -234,8 +234,6 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_root):
         (["--resume"], "nothing to resume"),
         (["--num-samples", "0"], "--num-samples"),
         (["--data", "/nonexistent/GTEA61"], "does not exist"),
-        (["--warm-start", "no_such_search"], "no Optuna study and no MLflow experiment of that name"),
-        (["--optuna-storage", "sqlite:////nonexistent/dir/optuna.db"], "cannot be opened"),
     ],
 )
 def test_bad_input_fails_before_any_trial(tmp_path, tiny_root, args, message):

@@ -96,19 +96,16 @@ def fitting(space: SearchSpace, trial: FrozenTrial) -> FrozenTrial | None:
         for name, dist in dists[p.key].items():
             if name not in trial.params:
                 return None
-            v = trial.params[name]
-            try:
-                if not dist._contains(dist.to_internal_repr(v)):
-                    return None
-            except (ValueError, TypeError):
-                return None
-            params[name], used[name] = v, dist
+            params[name], used[name] = trial.params[name], dist
         if p.type != "subset":
             values[p.key] = trial.params[p.key]
-    return optuna.trial.create_trial(
-        state=trial.state, value=trial.value, params=params,
-        distributions=used, intermediate_values=trial.intermediate_values,
-        user_attrs={**trial.user_attrs, "warm_start_from": f"trial {trial.number}"})
+    try:  # create_trial checks each value against its distribution
+        return optuna.trial.create_trial(
+            state=trial.state, value=trial.value, params=params, distributions=used,
+            intermediate_values=trial.intermediate_values,
+            user_attrs={**trial.user_attrs, "warm_start_from": f"trial {trial.number}"})
+    except ValueError:
+        return None
 
 
 def warm_trials(storage: optuna.storages.BaseStorage, source: str, space: SearchSpace, client: Any
