@@ -30,10 +30,14 @@ def fake_trial(config: dict) -> None:
                  "total_epochs": TOTAL, "final": True})
 
 
-def test_a_trial_asha_stops_reaches_optuna_with_its_rung_value_then_pruned(tmp_path):
+def test_a_trial_asha_stops_reaches_optuna_with_its_rung_value_then_pruned(tmp_path, monkeypatch):
     import ray
     from ray import tune
 
+    from benchmarks.replay import QUIET_TUNE
+
+    for k, v in QUIET_TUNE.items():  # no per-trial result files: the test reads the study, not them
+        monkeypatch.setenv(k, v)
     # three enqueued trials run one after another: the first sets the rungs at epochs 5 and 6, the second
     # (worse at 5) is stopped at 5, the third (better at 5, worse at 6) is stopped at the stage-3 rung 6
     space = dataclasses.replace(load_space("smoke"), num_samples=3, points=(
