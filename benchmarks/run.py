@@ -2,7 +2,8 @@
 
 Keys (each a ratio; medians of at least 3 repetitions where a repetition is cheap enough to repeat):
 ``search_cost_ratio``, ``stage1_cache_speedup``,
-``step_speedup_vs_naive``, ``data_wait_fraction``, ``tune_overhead_ratio``, ``two_node_speedup``.
+``step_speedup_vs_naive``, ``data_wait_fraction``, ``tune_overhead_ratio``, ``two_node_speedup``; and
+``search_quality`` (``benchmarks.search_quality``: regret per strategy and budget, by replayed curves).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.machine import machine
 from benchmarks.sessions import kill_session
 from benchmarks.step import time_steps
 
@@ -38,13 +39,6 @@ ABLATION_PARAMS = {
     "model.insertion": {"type": "categorical", "choices": ["conv1", "layer1", "layer2", "layer3", "layer4"]},
     "train.stage3.lr": {"type": "float", "low": 1.0e-5, "high": 1.0e-2, "log": True},
 }
-
-
-def machine() -> str:
-    import torch
-
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
 
 
 def _space(tmp: Path, name: str, params: dict[str, Any], n: int, conc: int, **extra: Any) -> Path:
@@ -269,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller searches; finishes in minutes")
     p.add_argument("--tiny", action="store_true", help="CI: check that every benchmark runs, not its figures")
     p.add_argument("--json", required=True, help="where to write the figures")
-    p.add_argument("--skip", nargs="*", default=[], choices=["step", "cache", "search", "overhead", "nodes"])
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=["step", "cache", "search", "overhead", "nodes", "quality"])
     args = p.parse_args(argv)
     from egomodel.data.synthetic import generate
 
@@ -296,9 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     if "nodes" not in args.skip:
         # three fresh clusters per figure: quick with 2 trials per cluster size, full with 6
         out.update(two_nodes(tmp, data, 1 if args.tiny else 2 if args.quick else 6, 1 if args.tiny else 3))
+    if "quality" not in args.skip and not args.tiny:  # tiny: tests/test_search_quality.py replays a tiny table
+        from benchmarks.search_quality import DEFAULT_TABLE, measure
+
+        out["search_quality"] = measure(DEFAULT_TABLE, 30, progress=False)
     Path(args.json).write_text(json.dumps(out, indent=2))
     width = max(len(k) for k in out)
     for k, v in out.items():
+        if k == "search_quality":
+            v = {x: v[x] for x in ("budget_to_match_tpe_fifo", "beats_default_asha_at_all_budgets")}
         print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -71,14 +72,22 @@ def client_of(tmp: Path) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
 
 
+def load_study(tmp: Path, name: str = "test_space") -> Any:
+    """The search's Optuna study, as a user opens it (``optuna.db`` in the search's working folder)."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp / 'optuna.db'}")
+
+
 class SmokeSearch:
     """A finished three-trial smoke search (``test_space``, 2 at a time, ASHA) in ``folder``: Ray's
     results in ``folder/ray_results``, MLflow in ``folder/mlflow.db`` with artifacts under
-    ``folder/mlruns``, the driver's output in ``stdout``. Tests read it; a test that writes to MLflow
-    (a retrain, a UI server) takes its own copy of the store with :meth:`own_store`."""
+    ``folder/mlruns``, the Optuna study in ``folder/optuna.db``, the driver's output in ``stdout``, and
+    the trial counts a reader of the study saw while the search ran. Tests read it; a test that writes to
+    MLflow (a retrain, a UI server) takes its own copy of the store with :meth:`own_store`."""
 
-    def __init__(self, folder: Path, stdout: str) -> None:
-        self.folder, self.stdout = folder, stdout
+    def __init__(self, folder: Path, stdout: str, study_trials_seen: list[int]) -> None:
+        self.folder, self.stdout, self.study_trials_seen = folder, stdout, study_trials_seen
         self.exp_dir = folder / "ray_results" / "test_space"
 
     def own_store(self, dest: Path) -> str:
@@ -90,13 +99,26 @@ class SmokeSearch:
 @pytest.fixture(scope="session")
 def smoke_search(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path):
     """One search for the whole session: the MLflow records, the champion, the Optuna study, retrain,
-    the UI and the benchmark figures are all read from it (each search costs a minute here)."""
+    the UI and the benchmark figures are all read from it (each search costs a minute here). While it
+    runs, its study is read from optuna.db as a user would."""
     tmp = tmp_path_factory.mktemp("search")
     space = write_space(tmp, num_samples=3, max_concurrent=2)
-    proc = subprocess.run(search_cmd(space, tiny_root), cwd=tmp, env=env(), capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    yield SmokeSearch(tmp, proc.stdout)
+    with (tmp / "out.txt").open("w+") as out, (tmp / "err.txt").open("w+") as err:
+        proc = subprocess.Popen(search_cmd(space, tiny_root), cwd=tmp, env=env(), stdout=out, stderr=err)
+        seen = []
+        deadline = time.time() + 900
+        while proc.poll() is None and time.time() < deadline:
+            time.sleep(2)
+            if (tmp / "optuna.db").exists():
+                try:
+                    seen.append(len(load_study(tmp).trials))
+                except KeyError:  # not created yet
+                    pass
+        proc.wait(timeout=max(1.0, deadline - time.time()))
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    yield SmokeSearch(tmp, stdout, seen)
     for heavy in ("ray_results", "mlruns"):  # checkpoints and the model: hundreds of MB
         shutil.rmtree(tmp / heavy, ignore_errors=True)
 

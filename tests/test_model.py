@@ -22,7 +22,7 @@ def make(variant, **kw):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_shapes(variant):
     model = make(variant)
-    apply_stage(model, ["conv1", "feedback"])  # feedback on for the feedback variant: time loop path
+    apply_stage(model, ["conv1", "feedback"], optional=("feedback",))  # the feedback variant: time loop path
     out = model(torch.randn(B, T, 3, SIZE, SIZE))
     assert out.logits.shape == (B, C)
     s = SIZE // 32
@@ -56,8 +56,8 @@ def test_every_insertion_point_runs(point):
     assert ref.logits.shape == (1, C)
 
 
-def _grad_check(model, trainable):
-    active = apply_stage(model, trainable)
+def _grad_check(model, trainable, optional=()):
+    active = apply_stage(model, trainable, optional)
     model.zero_grad(set_to_none=True)
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -93,7 +93,7 @@ def test_each_stage_trains_exactly_its_blocks(variant):
     model = make(variant)
     model.train()
     for stage in stage_plan(variant, TrainConfig()):
-        active = _grad_check(model, list(stage.trainable))
+        active = _grad_check(model, list(stage.trainable), stage.optional)
         assert set(active) <= set(stage.trainable)
     if variant == "feedback":
         assert bool(model.feedback_on)

@@ -15,17 +15,18 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import client_of, env, kill_session, search_cmd, write_space
+from tests.conftest import client_of, env, kill_session, load_study, search_cmd, write_space
 
 
 @pytest.fixture
 def searched(smoke_search):
-    return smoke_search.folder, smoke_search.stdout
+    return smoke_search.folder, smoke_search.stdout, smoke_search.study_trials_seen
 
 
 def test_smoke_search_records_everything_in_mlflow(searched):
-    tmp, out = searched
+    tmp, out, _ = searched
     assert "best trial" in out and "mlflow ui --backend-store-uri" in out and "tuning.retrain --run-id" in out
+    assert "--epochs-scale 0.01" in out  # the suggested retrain keeps the smoke search's short schedule
     client = client_of(tmp)
     exp = client.get_experiment_by_name("test_space")
     runs = client.search_runs([exp.experiment_id])
@@ -35,6 +36,8 @@ def test_smoke_search_records_everything_in_mlflow(searched):
     parent = parents[0]
     for tag in ("git_revision", "data_fingerprint", "best_trial_id", "best_run_id", "champion"):
         assert parent.data.tags.get(tag), tag
+    assert parent.data.tags["optuna_storage"] == f"sqlite:///{tmp / 'optuna.db'}"
+    assert parent.data.tags["optuna_study"] == "test_space"
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "space")] == ["space/test_space.yaml"]
     for child in children:
         params = child.data.params
@@ -57,7 +60,7 @@ def test_smoke_search_records_everything_in_mlflow(searched):
 
 
 def test_champion_loads_and_predicts(searched):
-    tmp, _ = searched
+    tmp, *_ = searched
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/egosearch-test_space@champion")
     classes = model.metadata.metadata["classes"]
@@ -67,19 +70,38 @@ def test_champion_loads_and_predicts(searched):
 
 
 def test_optuna_study_matches_ray_outcomes(searched):
+    """The study in optuna.db (as optuna.load_study and optuna-dashboard open it): one trial per Ray trial,
+    each epoch at its global epoch; a pruned trial ends on a rung (5 or 6) with that epoch's value."""
     from ray.tune.search.optuna import OptunaSearch
 
-    tmp, _ = searched
-    exp_dir = tmp / "ray_results" / "test_space"
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(exp_dir))
-    states = [t.state.name for t in searcher._ot_study.trials]
+    tmp, _, seen = searched
+    assert seen and max(seen) >= 1  # readable while the search ran
+    study = load_study(tmp)
     client = client_of(tmp)
     runs = client.search_runs([client.get_experiment_by_name("test_space").experiment_id],
                               "tags.`egosearch.outcome` != ''")
     outcomes = sorted(r.data.tags["egosearch.outcome"] for r in runs)
     expected = sorted("COMPLETE" if o == "completed" else "PRUNED" for o in outcomes)
-    assert sorted(states) == expected
+    assert sorted(t.state.name for t in study.trials) == expected
+    for t in study.trials:
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(1, steps[-1] + 1))
+        assert steps[-1] == (7 if t.state.name == "COMPLETE" else steps[-1]) and steps[-1] in (5, 6, 7)
+        if t.state.name == "PRUNED":
+            assert t.value == t.intermediate_values[steps[-1]]
+    searcher = OptunaSearch()  # Ray's saved searcher opens the same study
+    searcher.restore_from_dir(str(tmp / "ray_results" / "test_space"))
+    assert [t.number for t in searcher._ot_study.trials] == [t.number for t in study.trials]
+
+
+def test_a_new_search_never_joins_an_existing_study(searched, tiny_root, tmp_path):
+    tmp, *_ = searched
+    space = write_space(tmp_path)
+    proc = subprocess.run(search_cmd(space, tiny_root, "--storage", str(tmp_path / "other_results"),
+                                     "--optuna-storage", f"sqlite:///{tmp / 'optuna.db'}"),
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Optuna study named 'test_space' already exists" in proc.stderr, proc.stderr
+    assert "--resume" in proc.stderr and not (tmp_path / "other_results").exists()
 
 
 def test_retrain_champion(smoke_search, tmp_path):
@@ -92,6 +114,8 @@ def test_retrain_champion(smoke_search, tmp_path):
     client = client_of(tmp)
     runs = client.search_runs([client.get_experiment_by_name("test_space").experiment_id], "tags.kind = 'retrain'")
     assert len(runs) == 1
+    assert runs[0].data.params["train.epochs_scale"] == "0.005" and runs[0].data.params["search_epochs_scale"] == "0.01"
+    assert runs[0].data.tags["epochs_scale_from"] == "--epochs-scale"
     m = runs[0].data.metrics
     seeds = [k for k in m if k.startswith("test_top1_seed")]
     assert len(seeds) == 2 and "test_top1_mean" in m and "test_top1_std" in m
@@ -144,6 +168,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_root):
     assert len(children) == 2 and len({r.data.tags["ray.trial_id"] for r in children}) == 2
     assert all(r.data.tags["egosearch.outcome"] == "completed" for r in children)
     assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1
+    study = load_study(tmp_path)  # one study, each Ray trial in it once
+    assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials), study.trials
+    assert all(sorted(t.intermediate_values) == [1, 2, 3, 4] for t in study.trials)
 
 
 @pytest.mark.parametrize(

@@ -1,44 +1,84 @@
-"""Trials that ASHA stops are PRUNED in Optuna, not COMPLETE with a truncated score."""
+"""What Optuna learns from a search driven by Ray: every epoch at its global epoch, the rung value a
+scheduler stopped a trial on, then PRUNED; finished trials COMPLETE; TPE's conditional and parallel
+settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import warnings
 
 import pytest
 from optuna.trial import TrialState
 
-from tuning.execution.searcher import make_scheduler, make_searcher, study_of
+from tuning.execution.searcher import make_sampler, make_scheduler, make_searcher, study_of
 from tuning.space import load_space
 
-
-def _epoch(value: float, epoch: int, total: int = 7, final: bool = False) -> dict:
-    return {"val_top1": value, "global_epoch": epoch, "training_iteration": epoch, "total_epochs": total,
-            "final": final}
+TOTAL = 7  # the smoke schedule: 3 + 2 + 2 epochs
 
 
-def test_stopped_early_is_pruned_finished_is_complete_error_is_fail():
-    space = load_space("smoke")
-    limiter = make_searcher(space, max_concurrent=3, seed=0)
-    searcher = limiter.searcher
-    for tid in ("a", "b", "c"):
-        assert searcher.suggest(tid) is not None
-    for e in range(1, 5):
-        searcher.on_trial_result("a", _epoch(0.1 * e, e))
-        searcher.on_trial_result("b", _epoch(0.1 * e, e))
-    searcher.on_trial_complete("a", _epoch(0.4, 4))  # ASHA stopped it at epoch 4 of 7
-    searcher.on_trial_result("b", _epoch(0.5, 5))
-    searcher.on_trial_complete("b", _epoch(0.6, 7, final=True))
-    searcher.on_trial_complete("c", None, error=True)
-    trials = {t.number: t for t in study_of(limiter).trials}
-    assert trials[0].state == TrialState.PRUNED
-    assert trials[0].intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
-    assert trials[1].state == TrialState.COMPLETE and trials[1].value == 0.6
-    assert trials[2].state == TrialState.FAIL
+def fake_trial(config: dict) -> None:
+    """Reports like tuning.execution.trainable: one result per global epoch, the last epoch held back for
+    the closing summary, whose score is the best epoch's."""
+    from ray import tune
+
+    a, b = config["model.alpha"], config["train.stage3.lr"] * 100  # alpha acts from stage 2, the lr in stage 3
+    values = [a * e / 10 if e <= 5 else a / 2 + b * (e - 5) for e in range(1, TOTAL + 1)]
+    for e in range(1, TOTAL):
+        tune.report({"val_top1": values[e - 1], "global_epoch": e, "total_epochs": TOTAL, "final": False})
+    tune.report({"val_top1": max(values), "epoch_val_top1": values[-1], "global_epoch": TOTAL,
+                 "total_epochs": TOTAL, "final": True})
 
 
-def test_asha_rungs_start_after_stage_one():
-    from tuning.search import base_config
-    from tuning.space.sampling import resolve_grace_period
+def test_a_trial_asha_stops_reaches_optuna_with_its_rung_value_then_pruned(tmp_path, monkeypatch):
+    import ray
+    from ray import tune
 
-    space = load_space("smoke")
-    cfg = base_config(space, {})
-    grace = resolve_grace_period(space, cfg)
-    assert grace == 4  # stage 1 has 3 epochs at epochs_scale 0.01: the first rung is stage 2's first epoch
-    sched = make_scheduler(space, 7, grace)
-    assert sched._time_attr == "global_epoch" and sched._max_t == 7
+    from benchmarks.replay import QUIET_TUNE
+
+    for k, v in QUIET_TUNE.items():  # no per-trial result files: the test reads the study, not them
+        monkeypatch.setenv(k, v)
+    # three enqueued trials run one after another: the first sets the rungs at epochs 5 and 6, the second
+    # (worse at 5) is stopped at 5, the third (better at 5, worse at 6) is stopped at the stage-3 rung 6
+    space = dataclasses.replace(load_space("smoke"), num_samples=3, points=(
+        {"model.alpha": 1.0, "model.tau": 0.1, "train.stage3.lr": 1e-3},
+        {"model.alpha": 0.2, "model.tau": 0.1, "train.stage3.lr": 1e-3},
+        {"model.alpha": 1.1, "model.tau": 0.1, "train.stage3.lr": 1e-5}))
+    searcher = make_searcher(space, max_concurrent=1, seed=0)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers do not see tests/
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        tuner = tune.Tuner(fake_trial, tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=make_scheduler(space, TOTAL, (5, 6)), num_samples=3,
+            metric="val_top1", mode="max", reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="t"))
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert not results.errors
+    first, stopped, late = study_of(searcher).trials
+    assert first.state == TrialState.COMPLETE and first.value == pytest.approx(0.7)
+    assert first.intermediate_values == pytest.approx({e: e / 10 for e in range(1, 8)})  # steps are global epochs
+    assert stopped.state == TrialState.PRUNED
+    assert stopped.intermediate_values == pytest.approx({e: 0.02 * e for e in range(1, 6)})  # the rung value included
+    assert stopped.value == pytest.approx(0.1)  # Optuna's value of a pruned trial: its last (the rung) value
+    assert late.state == TrialState.PRUNED and late.intermediate_values[6] == pytest.approx(0.551)
+    assert sorted(late.intermediate_values) == [1, 2, 3, 4, 5, 6]
+
+
+def test_tpe_is_grouped_with_constant_liar_and_quiet():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sampler = make_sampler(3)
+    assert not caught, [str(w.message) for w in caught]
+    assert (sampler._multivariate, sampler._group, sampler._constant_liar) == (True, True, True)
+    limiter = make_searcher(load_space("smoke"), max_concurrent=2, seed=3)
+    assert study_of(limiter).sampler._group is True and study_of(limiter).sampler._constant_liar is True
+
+
+def test_asha_compares_exactly_at_the_rungs():
+    sched = make_scheduler(load_space("smoke"), TOTAL, (5, 6))
+    assert sched._time_attr == "global_epoch" and sched._max_t == TOTAL
+    assert [r for r, _ in sched._brackets[0]._rungs] == [6, 5]
+    with pytest.raises(ValueError, match="increasing epochs in 1..6"):
+        make_scheduler(load_space("smoke"), TOTAL, (5, 7))

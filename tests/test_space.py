@@ -16,7 +16,8 @@ import yaml
 from egomodel.training.stages import stage_plan
 from tuning.space import SPACES_DIR, SearchSpace, list_spaces, load_space
 from tuning.space.errors import SpaceError
-from tuning.space.sampling import encode_point, optuna_name, resolve_grace_period, trial_config
+from tuning.space.rungs import resolve_rungs
+from tuning.space.sampling import encode_point, optuna_name, trial_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -92,7 +93,7 @@ def test_smoke_space_is_tiny():
     cfg = trial_config(space, sampled)
     assert [s.epochs for s in stage_plan(cfg.model.variant, cfg.train)] == [3, 2, 2]
     assert cfg.model.pretrained == "none" and cfg.data.image_size == 64 and cfg.data.num_workers == 0
-    assert resolve_grace_period(space, cfg) == 4  # auto: the first epoch after stage 1
+    assert resolve_rungs(space, cfg) == (5, 6)  # auto: after stage 2's first decay (alpha, tau act there), stage 3
     assert (space.num_samples, space.max_concurrent, space.resources) == (4, 2, {"cpu": 1.0, "gpu": 0.0})
 
 
@@ -111,7 +112,7 @@ def test_ablation_leaves_stage1_and_data_alone():
     }
     tau = next(p for p in space.params if p.key == "model.tau")
     assert tau.when == (("model.ms_task", ("classification",)),)
-    assert space.scheduler.type == "asha" and space.scheduler.grace_period is None
+    assert space.scheduler.type == "asha" and space.scheduler.rungs is None
 
 
 def test_paper_space_holds_table3_rows():
@@ -150,7 +151,8 @@ def test_documented_example_loads(tmp_path: Path):
     space = load_space(write(tmp_path, example.group(1), "example.yaml"))
     assert space.name == "example" and len(space.points) == 1
     cfg = trial_config(space, encode_point(space, space.points[0]))
-    assert resolve_grace_period(space, cfg) == 31  # stage 1: 300 * 0.1 epochs, then the first of stage 2
+    # model.hidden acts from stage 1 (30 epochs at 0.1, first decay after epoch 2): rungs 3, 6, 12, 24, 48
+    assert resolve_rungs(space, cfg) == (3, 6, 12, 24, 48)
 
 
 def test_defaults(tmp_path: Path):
@@ -159,7 +161,7 @@ def test_defaults(tmp_path: Path):
     got = (space.metric, space.mode, space.num_samples, space.max_concurrent, space.seed)
     assert got == ("val_top1", "max", 1, 1, 0)
     assert space.resources == {"cpu": 1.0, "gpu": 0.0} and space.scheduler.type == "asha"
-    assert space.scheduler.grace_period is None and space.scheduler.reduction_factor == 2.0
+    assert space.scheduler.rungs is None and space.scheduler.reduction_factor == 2.0
 
 
 def test_yaml_exponent_without_dot_is_a_float(tmp_path: Path):

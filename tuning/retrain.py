@@ -3,6 +3,10 @@
 Re-trains a chosen trial's configuration on train+val users (no hold-out: each stage keeps its last
 epoch, i.e. the whole schedule), once per seed, evaluates each once on the test users, and logs a
 final MLflow run with every seed's test top-1 and their mean and standard deviation.
+
+The schedule is the full one (``train.epochs_scale`` 1.0) whatever scale the search ran at, unless
+``--epochs-scale`` says otherwise; the run records which (param ``train.epochs_scale``, the search's
+as ``search_epochs_scale``, tag ``epochs_scale_from``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,16 @@ def champion_run(client: Any, model_name: str | None) -> str:
         raise RetrainError(f"no '{ALIAS}' version of model {model_name}: {e}") from None
 
 
+def schedule(epochs_scale: float | None, source_params: dict[str, str]) -> tuple[float, str, str]:
+    """The retrain's ``train.epochs_scale``, where it comes from, and the search's own scale."""
+    searched = source_params.get("train.epochs_scale", "1.0")
+    if epochs_scale is None:
+        return 1.0, "full schedule", searched
+    if not epochs_scale > 0:
+        raise RetrainError(f"--epochs-scale must be > 0, got {epochs_scale}")
+    return epochs_scale, "--epochs-scale", searched
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tuning.retrain", description=__doc__)
     who = p.add_mutually_exclusive_group(required=True)
@@ -59,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--data", default=None, help="data root (default: the run's data.root)")
     p.add_argument("--tracking-uri", default=f"sqlite:///{Path('mlflow.db').resolve()}")
-    p.add_argument("--epochs-scale", type=float, default=None, help="override the run's train.epochs_scale")
+    p.add_argument("--epochs-scale", type=float, default=None,
+                   help="scale every stage's epochs (default 1.0: the full schedule, whatever the search ran at)")
     p.add_argument("--out", default="retrain", help="output folder (one subfolder per seed)")
     args = p.parse_args(argv)
     try:
@@ -82,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"data.val_fraction": 0.0, "data.val_users": []}
     if args.data:
         overrides["data.root"] = args.data
-    if args.epochs_scale is not None:
-        overrides["train.epochs_scale"] = args.epochs_scale
+    scale, scale_from, searched = schedule(args.epochs_scale, source.data.params)
+    overrides["train.epochs_scale"] = scale
+    print(f"schedule: train.epochs_scale {scale} ({scale_from}; the search ran at {searched})")
     results = []
     out = Path(args.out) / run_id
     for i in range(args.seeds):
@@ -94,11 +110,13 @@ def run(args: argparse.Namespace) -> int:
         results.append((seed, metrics))
     tops = np.array([m["test_top1"] for _, m in results])
     final = client.create_run(source.info.experiment_id, run_name=f"retrain-{source.info.run_name}",
-                              tags={"retrain_of": run_id, "kind": "retrain"})
+                              tags={"retrain_of": run_id, "kind": "retrain", "epochs_scale_from": scale_from})
     rid = final.info.run_id
     for k, v in source.data.params.items():
-        if k != "train.seed":
+        if k not in ("train.seed", "train.epochs_scale"):
             client.log_param(rid, k, v)
+    client.log_param(rid, "train.epochs_scale", scale)
+    client.log_param(rid, "search_epochs_scale", searched)
     client.log_param(rid, "seeds", json.dumps([s for s, _ in results]))
     for i, (seed, m) in enumerate(results):
         client.log_metric(rid, "test_top1", m["test_top1"], step=i)

@@ -20,9 +20,20 @@ from egomodel.cli import run_cli
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
+from tuning.execution.study import (
+    STORAGE_TAG,
+    STUDY_TAG,
+    WARM_TAG,
+    StudyError,
+    check_new_study,
+    open_storage,
+    storage_uri,
+    warm_trials,
+)
 from tuning.space.errors import SpaceError
 from tuning.space.load import load_space
-from tuning.space.sampling import decode, resolve_grace_period, runtime_overrides
+from tuning.space.rungs import resolve_rungs
+from tuning.space.sampling import decode, runtime_overrides
 from tuning.space.types import SearchSpace
 from tuning.tracking.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
 
@@ -49,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None, help="registered model name (default: egosearch-EXPERIMENT)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
     p.add_argument("--seed", type=int, default=None, help="training seed and TPE seed (default: the space's seed)")
+    p.add_argument("--optuna-storage", default=None, metavar="URI",
+                   help="Optuna storage of the study (named as the experiment); default sqlite:///optuna.db in the "
+                        "working folder; a database server: postgresql://USER@HOST/DB")
+    p.add_argument("--warm-start", default=None, metavar="STUDY_OR_EXPERIMENT",
+                   help="add the finished trials of an earlier search's study that fit this space before the first "
+                        "trial (a study of that name in --optuna-storage, else that MLflow experiment's study)")
     p.add_argument("--no-stage-store", action="store_true",
                    help="compute every trial's stages itself (default: share identical stage prefixes)")
     return p
@@ -158,6 +175,15 @@ def check_same_data(path: str, started: dict[str, str | None] | None, data_root:
     )
 
 
+def study_storage(args: argparse.Namespace, name: str) -> str:
+    """The Optuna storage URI of this search; ``--warm-start`` starts a new search only."""
+    if args.warm_start and args.resume:
+        raise SearchError("--warm-start starts a new search; a resumed search keeps the trials it has")
+    if args.warm_start == name:
+        raise SearchError(f"--warm-start {name}: that is this search's own name; name an earlier search")
+    return storage_uri(args.optuna_storage)
+
+
 def pick_best(results: Any, space: SearchSpace) -> Any | None:
     """Best finished trial by the space's metric; early-stopped and failed trials are not candidates."""
     done = [r for r in results if r.error is None and r.metrics and r.metrics.get("final")]
@@ -213,6 +239,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and exists:
         raise SearchError(f"a search already exists at {path}: add --resume to continue it, "
                           "or pass another --experiment name")
+    study_uri = study_storage(args, name)
+    optuna_storage = open_storage(study_uri)
+    check_new_study(optuna_storage, study_uri, name, args.resume)
+    warm, skipped, warm_label = warm_trials(optuna_storage, args.warm_start, space, client) if args.warm_start \
+        else ([], 0, "")
+    if args.warm_start:
+        print(f"warm start from {warm_label}: {len(warm)} finished trials added, {skipped} skipped "
+              "(a param missing or a value outside this space)")
     if "://" not in storage:
         try:
             Path(storage).mkdir(parents=True, exist_ok=True)
@@ -222,6 +256,11 @@ def run(args: argparse.Namespace) -> int:
         check_same_data(path, started_on(path, client, name), data_root, bundle.fingerprint)
     connect_ray(args.address, storage)
     parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume, data_root)
+    if not args.resume:
+        client.set_tag(parent_id, STORAGE_TAG, study_uri)
+        client.set_tag(parent_id, STUDY_TAG, name)
+    if args.warm_start:
+        client.set_tag(parent_id, WARM_TAG, f"{warm_label}: {len(warm)} trials added, {skipped} skipped")
     store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"
     setup = TrialSetup(space, data_root, seed, store_uri)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(space))
@@ -230,11 +269,13 @@ def run(args: argparse.Namespace) -> int:
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
         n_total = total_epochs(cfg)
+        rungs = resolve_rungs(space, cfg) if space.scheduler.type == "asha" else ()
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(space, args.max_concurrent or space.max_concurrent, seed),
-                scheduler=make_scheduler(space, n_total, resolve_grace_period(space, cfg)),
+                search_alg=make_searcher(space, args.max_concurrent or space.max_concurrent, seed, optuna_storage,
+                                         name, warm),
+                scheduler=make_scheduler(space, n_total, rungs),
                 num_samples=args.num_samples or space.num_samples,
                 metric=space.metric, mode=space.mode,
             ),
@@ -293,14 +334,15 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     ui = tracking_uri if not tracking_uri.startswith("http") else None
     print("\nnext:")
     print(f"  mlflow ui --backend-store-uri {ui}" if ui else f"  open {tracking_uri} in a browser")
+    scale = float(params.get("train.epochs_scale", 1.0))  # the search's schedule; retrain's default is the full one
     print(f"  python -m tuning.retrain --run-id {run_id} --tracking-uri {tracking_uri}"
-          + (f" --data {args.data}" if args.data else ""))
+          + (f" --data {args.data}" if args.data else "") + (f" --epochs-scale {scale:g}" if scale != 1.0 else ""))
     if space.evaluate_test:
         print(f"  python -m tuning.report --parent {parent_id} --tracking-uri {tracking_uri}")
     return 0
 
 
-USER_ERRORS = (SpaceError, SearchError, TrackingError, ConfigError, DataError)
+USER_ERRORS = (SpaceError, SearchError, StudyError, TrackingError, ConfigError, DataError)
 
 
 def main(argv: list[str] | None = None) -> int:

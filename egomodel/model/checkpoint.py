@@ -21,6 +21,24 @@ def best_name(stage: int) -> str:
     return f"stage{stage}_best.pt"
 
 
+def rng_state() -> dict[str, Any]:
+    """The random generators a resume must continue: the CPU generator and, where CUDA is in use, each
+    CUDA device's (dropout and augmentation on the GPU draw from those, not from the CPU's)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"rng": torch.get_rng_state(), "cuda_rng": list(cuda)}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set the generators :func:`rng_state` saved. A checkpoint written with CUDA restores each device's
+    generator when CUDA is here (devices beyond the ones present are left alone); one written on a CPU
+    (or before CUDA states were saved) restores the CPU generator only."""
+    torch.set_rng_state(state["rng"])
+    cuda = state.get("cuda_rng") or []
+    if cuda and torch.cuda.is_available():
+        for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+
+
 def save(path: Path, payload: dict[str, Any]) -> Path:
     """Atomic write: a crash mid-save never leaves a truncated checkpoint behind."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from egomodel.model.convlstm import ConvLSTM
 from egomodel.reporting.confusion import confusion, plot_confusion, write_per_class
 from egomodel.training.feature_cache import FeatureCache, evaluate_cached, train_cached_epoch
 from egomodel.training.stage_keys import StageStore, shared_state, stage_key
-from egomodel.training.stages import Stage, apply_stage, stage_plan
+from egomodel.training.stages import Stage, apply_stage, check_blocks, stage_plan
 from egomodel.training.steps import evaluate, pick_device, precise_bn, train_epoch
 from egomodel.training.streams import load_streams, stream_sources
 
@@ -135,6 +135,7 @@ def train(
     offsets = np.cumsum([0] + [s.epochs for s in plan]).tolist()
     seed_everything(cfg.train.seed)  # weights initialise the same way for the same seed
     model = build_model(cfg, len(bundle.classes)).to(device)
+    check_blocks(model, plan)  # a block the variant lacks, named by the user: an error before any epoch
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     for m in model.modules():
@@ -160,7 +161,7 @@ def train(
         if start_epoch >= plan[start_i].epochs:  # resumed exactly at a stage boundary
             start_i, start_epoch = start_i + 1, 0
         model.load_state_dict(state["model"])
-        torch.set_rng_state(state["rng"])
+        ck.restore_rng(state)
 
     try:
         for i in range(start_i, len(plan)):
@@ -209,7 +210,7 @@ class _Run:
     def stage(self, stage: Stage, offset: int, state: dict[str, Any] | None = None, done: int = 0) -> None:
         """Train one stage (from epoch ``done`` + 1, restoring optimiser state when resuming)."""
         cfg, model, device = self.cfg, self.model, self.device
-        active = apply_stage(model, stage.trainable)
+        active = apply_stage(model, stage.trainable, stage.optional)
         ms_on = bool(set(active) & MS_UPSTREAM)  # the MS loss matters only if something before it trains
         opt = stage.optimizer_for(model, cfg.train.eps)
         sched = stage.scheduler_for(opt)
@@ -293,7 +294,7 @@ class _Run:
     def save_last(self, stage: Stage, epoch: int, g: int, extra: dict[str, Any]) -> None:
         ck.save(self.ckdir / ck.LAST, {
             **self.payload(stage, epoch, g), **extra, "history": self.history, "best": self.best,
-            "rng": torch.get_rng_state(), "from_store": self.from_store,
+            **ck.rng_state(), "from_store": self.from_store,
         })
 
     def stored_payload(self, stage: Stage, owner: str) -> dict[str, Any]:
@@ -311,7 +312,7 @@ class _Run:
         if missing:
             raise ResumeError(f"stored stage {stage.number} result {key[:12]} lacks {sorted(missing)[:3]}")
         self.model.load_state_dict(stored["state"], strict=False)
-        apply_stage(self.model, stage.trainable)  # the state this stage leaves the model in
+        apply_stage(self.model, stage.trainable, stage.optional)  # the state this stage leaves the model in
         best = stored["best"]
         self.best[str(stage.number)] = best
         rows = [{**r, "global_epoch": offset + r["epoch"], "from_store": True} for r in stored["rows"]]

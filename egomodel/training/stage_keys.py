@@ -95,3 +95,13 @@ class StageStore(Protocol):
 
     def release(self, key: str) -> None:
         """Give the lease up without a result (the computation failed)."""
+
+
+def first_stage_reading(key: str, stages: list[int]) -> int:
+    """The first of ``stages`` (stage numbers, in order) whose result depends on the config key ``key``:
+    the one after which no stage leaves it out (``model.alpha`` acts from stage 2, ``train.stage3.lr``
+    from stage 3). A key no listed stage reads gives the last stage."""
+    for n in stages:
+        if not key.startswith(LATER_KEYS.get(n, ())):
+            return n
+    return stages[-1]

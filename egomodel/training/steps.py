@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,26 @@ def inputs(model: StagedModel, batch: dict[str, torch.Tensor]) -> list[torch.Ten
     return [batch[k] for k in model.input_keys]
 
 
+@contextlib.contextmanager
+def running_bn_for_one_clip(model: StagedModel, clips: int) -> Iterator[None]:
+    """A batch of one clip runs the BatchNorm layers that train on their running statistics.
+
+    Training-mode BN needs more than one value per channel: stage 3 runs the backbone one frame at a
+    time, so at small image sizes (layer4 is 1x1 at 32 px) a last batch of one clip would crash; and a
+    one-clip batch's own statistics would be noise anyway. The step still learns from that clip."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if clips != 1 or not bns:
+        yield
+        return
+    for m in bns:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.train()
+
+
 def train_epoch(
     model: StagedModel,
     loader: DataLoader,
@@ -82,7 +103,7 @@ def train_epoch(
         except StopIteration:
             break
         t1 = time.perf_counter()
-        with autocast(device, cfg.train.precision):
+        with running_bn_for_one_clip(model, batch["label"].numel()), autocast(device, cfg.train.precision):
             out = model(*inputs(model, batch))
         mm = batch.get("mmaps") if ms_on else None
         loss, _ = total_loss(out.logits, batch["label"], out.ms, mm, m.ms_task, m.alpha, m.tau)
@@ -124,8 +145,8 @@ def precise_bn(model: StagedModel, loader: DataLoader, cfg: Config, device: torc
     with cumulative_bn_stats(bns):
         for batch in loader:
             batch = to_device(batch, device)
-            with autocast(device, cfg.train.precision):
-                model(*inputs(model, batch))
+            with running_bn_for_one_clip(model, batch["label"].numel()), autocast(device, cfg.train.precision):
+                model(*inputs(model, batch))  # a one-clip batch adds nothing to the statistics
     return len(bns)
 
 

@@ -68,8 +68,12 @@ def check_point(params: tuple[Param, ...], point: Any, where: str, base: dict[st
 
 
 def _build(where: str, overrides: dict[str, Any]) -> ecfg.Config:
+    from egomodel.training.stages import stage_plan  # imports torch: only where a space is checked
+
     try:
-        return ecfg.from_dict({}, overrides)
+        cfg = ecfg.from_dict({}, overrides)
+        stage_plan(cfg.model.variant, cfg.train)  # what the stages need (e.g. stage 3 trains the feedback)
+        return cfg
     except Exception as e:  # ConfigError, or whatever egomodel raises on a value it cannot take
         raise SpaceError(f"{where}: egomodel rejects it: {e}") from None
 

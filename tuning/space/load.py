@@ -19,6 +19,7 @@ from egomodel import config as ecfg
 from tuning.space import fields
 from tuning.space.checks import check_point, deep_check
 from tuning.space.errors import SpaceError
+from tuning.space.rungs import parse_rungs, resolve_rungs
 from tuning.space.strict_yaml import read_yaml
 from tuning.space.types import DEFAULT_CHECKPOINT_INTERVAL_S, Param, Scheduler, SearchSpace
 
@@ -50,7 +51,7 @@ _FIELDS = {  # allowed fields of a param spec, per type
     "categorical": ("type", "choices", "when"),
     "subset": ("type", "choices", "always", "when"),
 }
-_SCHEDULER_FIELDS = {"asha": ("type", "grace_period", "reduction_factor"), "fifo": ("type",)}
+_SCHEDULER_FIELDS = {"asha": ("type", "rungs", "grace_period", "reduction_factor"), "fifo": ("type",)}
 
 
 # --- params -----------------------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ def _order(params: dict[str, Param]) -> tuple[Param, ...]:
 
 
 def _scheduler(v: Any) -> Scheduler:
-    v = fields.mapping("scheduler", v, " such as {type: asha, grace_period: auto, reduction_factor: 2}")
+    v = fields.mapping("scheduler", v, " such as {type: asha, rungs: auto, reduction_factor: 2}")
     t = v.get("type", "asha")
     if t not in SCHEDULERS:
         raise SpaceError(f"scheduler.type: unknown scheduler {t!r} (known: {', '.join(SCHEDULERS)})")
@@ -199,7 +200,10 @@ def _scheduler(v: Any) -> Scheduler:
     factor = fields.number("scheduler.reduction_factor", v.get("reduction_factor", 2.0))
     if factor <= 1:
         raise SpaceError(f"scheduler.reduction_factor: {factor} must be > 1")
-    return Scheduler(t, grace, factor)
+    rungs = parse_rungs(v.get("rungs", "auto"))
+    if rungs is not None and grace is not None:
+        raise SpaceError("scheduler: give rungs or grace_period, not both")
+    return Scheduler(t, grace, factor, rungs)
 
 
 def _parse(data: Any, path: Path, text: str) -> SearchSpace:
@@ -252,7 +256,7 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
     if interval < 0:
         raise SpaceError(f"checkpoint_interval_s: {interval} must be >= 0 (0: a checkpoint after every epoch)")
     deep_check(base, params, points)
-    return SearchSpace(
+    space = SearchSpace(
         evaluate_test=evaluate_test,
         checkpoint_interval_s=float(interval),
         plots=fields.boolean("plots", data.get("plots", True)),
@@ -270,6 +274,9 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
         params=params,
         points=points,
     )
+    if scheduler.type == "asha":  # the rungs against the base schedule: a bad one fails here
+        resolve_rungs(space, ecfg.from_dict({}, base))
+    return space
 
 
 def list_spaces() -> list[str]:

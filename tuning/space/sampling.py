@@ -131,13 +131,3 @@ def trial_config(space: SearchSpace, sampled: dict[str, Any], extra: dict[str, A
         raise
     except (ValueError, TypeError, OverflowError) as e:
         raise SpaceError(f"{space.name}: trial config: {e}") from None
-
-
-def resolve_grace_period(space: SearchSpace, cfg: ecfg.Config) -> int:
-    """ASHA's grace period in epochs: as given, or "auto" = the first epoch after stage 1."""
-    if space.scheduler.grace_period is not None:
-        return space.scheduler.grace_period
-    from egomodel.training.stages import scale_schedule  # imports torch; only the driver needs this
-
-    s1 = cfg.train.stage1
-    return scale_schedule(s1.epochs, s1.milestones, cfg.train.epochs_scale)[0] + 1

@@ -33,8 +33,11 @@ class Param:
 @dataclass(frozen=True)
 class Scheduler:
     type: str = "asha"
-    grace_period: int | None = None  # None = auto: the first epoch after stage 1
+    grace_period: int | None = None  # Ray's geometric rungs from this epoch; None: see rungs
     reduction_factor: float = 2.0
+    # (stage, epoch) pairs, stage 0 for a global epoch; None with grace_period None: auto
+    # (tuning.space.rungs, which resolves them against a schedule)
+    rungs: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,154 @@
+"""The search's Optuna study in an Optuna storage (a database), where users open it and later searches
+start from it.
+
+The driver alone writes it (through Ray's ``OptunaSearch`` inside the driver), so a SQLite file is safe;
+on a cluster it lives on the head node, or in a database server the user names. The study's name is
+the experiment's. A new search never joins an existing study (``OptunaSearch`` would, silently): that
+needs ``--resume``. ``--warm-start NAME`` copies the finished trials of an earlier study that fit this
+space into the new one before its first trial.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from tuning.space.checks import is_active
+from tuning.space.sampling import optuna_name
+from tuning.space.types import SearchSpace
+
+DEFAULT_STORAGE = "optuna.db"  # in the working folder, beside the default mlflow.db and ray_results/
+METRIC_ATTR = "egosearch.metric"  # the study's user attribute: which metric its values are
+STORAGE_TAG, STUDY_TAG = "optuna_storage", "optuna_study"  # on the parent MLflow run
+WARM_TAG = "warm_start"  # on the parent MLflow run: what the search was warmed from
+
+
+class StudyError(RuntimeError):
+    pass
+
+
+def storage_uri(given: str | None) -> str:
+    """``--optuna-storage`` as a URI with an absolute SQLite path (the search's files move with the
+    working folder; a restored searcher reconnects by this URI). Default: ``optuna.db`` here."""
+    uri = given or f"sqlite:///{DEFAULT_STORAGE}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).expanduser().resolve()}"
+    return uri
+
+
+def open_storage(uri: str) -> optuna.storages.RDBStorage:
+    """The storage, or a ``StudyError`` naming the URI when it cannot be opened (bad URI, a server that
+    does not answer, a folder that does not exist)."""
+    try:
+        return optuna.storages.RDBStorage(uri, engine_kwargs=_engine_kwargs(uri))
+    except Exception as e:  # sqlalchemy's errors: a bad URL, a refused connection, an unwritable file
+        msg = str(e).splitlines()[0][:300] if str(e) else ""
+        raise StudyError(f"--optuna-storage {uri} cannot be opened: {type(e).__name__}: {msg}") from None
+
+
+def _engine_kwargs(uri: str) -> dict[str, Any]:
+    if uri.startswith(("postgresql", "mysql")):
+        return {"connect_args": {"connect_timeout": 10}}  # an unreachable server fails now, not in minutes
+    return {}
+
+
+def has_study(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    return name in {s.study_name for s in storage.get_all_studies()}
+
+
+def check_new_study(storage: optuna.storages.BaseStorage, uri: str, name: str, resume: bool) -> None:
+    """A new search under a name that already has a study is refused (``--resume`` continues one)."""
+    if not resume and has_study(storage, name):
+        raise StudyError(f"an Optuna study named {name!r} already exists in {uri}: add --resume to continue that "
+                         "search, pass another --experiment name, or another --optuna-storage")
+
+
+def distributions(space: SearchSpace) -> dict[str, dict[str, BaseDistribution]]:
+    """Each param's Optuna distributions, by Optuna name (a subset: one true/false per block)."""
+    out: dict[str, dict[str, BaseDistribution]] = {}
+    for p in space.params:
+        if p.type == "float":
+            out[p.key] = {p.key: FloatDistribution(p.low, p.high, log=p.log, step=p.step)}
+        elif p.type == "int":
+            out[p.key] = {p.key: IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))}
+        elif p.type == "categorical":
+            out[p.key] = {p.key: CategoricalDistribution(list(p.choices))}
+        else:
+            out[p.key] = {optuna_name(p, b): CategoricalDistribution([False, True]) for b in p.choices}
+    return out
+
+
+def fitting(space: SearchSpace, trial: FrozenTrial) -> FrozenTrial | None:
+    """``trial`` remade with this space's distributions, or None when it does not fit: a param this space
+    samples for it (under its own values' conditions) missing, or a value outside this space's domain.
+    Params this space does not search are dropped."""
+    dists = distributions(space)
+    params: dict[str, Any] = {}
+    used: dict[str, BaseDistribution] = {}
+    values: dict[str, Any] = {}
+    for p in space.params:
+        if not is_active(p, values):
+            continue
+        for name, dist in dists[p.key].items():
+            if name not in trial.params:
+                return None
+            params[name], used[name] = trial.params[name], dist
+        if p.type != "subset":
+            values[p.key] = trial.params[p.key]
+    try:  # create_trial checks each value against its distribution
+        return optuna.trial.create_trial(
+            state=trial.state, value=trial.value, params=params, distributions=used,
+            intermediate_values=trial.intermediate_values,
+            user_attrs={**trial.user_attrs, "warm_start_from": f"trial {trial.number}"})
+    except ValueError:
+        return None
+
+
+def warm_trials(storage: optuna.storages.BaseStorage, source: str, space: SearchSpace, client: Any
+                ) -> tuple[list[FrozenTrial], int, str]:
+    """The finished trials (complete or pruned) of the study ``source`` that fit ``space``, how many were
+    skipped, and what was used ("study NAME in URI"). A study of that name in this storage is used;
+    else the MLflow experiment of that name, through the study its newest search recorded."""
+    study, label = _source_study(storage, source, client)
+    want = "maximize" if space.mode == "max" else "minimize"
+    direction = study.direction.name.lower()
+    metric = study.user_attrs.get(METRIC_ATTR)
+    if direction != want or (metric is not None and metric != space.metric):
+        raise StudyError(f"--warm-start {source}: {label} {direction}s {metric or 'an unrecorded metric'}; this "
+                         f"search {want}s {space.metric} (a warm start needs the same metric and mode)")
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    fit = [f for f in (fitting(space, t) for t in finished) if f is not None]
+    if not fit:
+        raise StudyError(f"--warm-start {source}: none of the {len(finished)} finished trials of {label} fits this "
+                         "space (a param missing, or a value outside its range or choices)")
+    return fit, len(finished) - len(fit), label
+
+
+def _source_study(storage: optuna.storages.BaseStorage, source: str, client: Any) -> tuple[optuna.Study, str]:
+    if has_study(storage, source):
+        return optuna.load_study(study_name=source, storage=storage), f"study {source!r}"
+    exp = client.get_experiment_by_name(source) if client is not None else None
+    if exp is not None:
+        runs = client.search_runs([exp.experiment_id], f"tags.`{STUDY_TAG}` != ''", max_results=1,
+                                  order_by=["attributes.start_time DESC"])
+        if runs:
+            tags = runs[0].data.tags
+            try:
+                study = optuna.load_study(study_name=tags[STUDY_TAG], storage=tags[STORAGE_TAG])
+            except Exception as e:  # the storage moved or is gone
+                raise StudyError(f"--warm-start {source}: the experiment's study {tags[STUDY_TAG]!r} in "
+                                 f"{tags[STORAGE_TAG]} cannot be opened: {type(e).__name__}: {e}") from None
+            return study, f"experiment {source!r} (study {tags[STUDY_TAG]!r} in {tags[STORAGE_TAG]})"
+        raise StudyError(f"--warm-start {source}: the MLflow experiment {source!r} records no Optuna study "
+                         "(it ran before studies were stored); name a study instead")
+    raise StudyError(f"--warm-start {source}: no Optuna study and no MLflow experiment of that name")
+
+
+def orphans(study: optuna.Study, known: set[int]) -> list[int]:
+    """Numbers of RUNNING trials the searcher does not know: asked for after Ray last saved the search,
+    then lost with the driver. They never ran."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in known]
