@@ -79,7 +79,7 @@ def test_feedback_tensors_are_what_the_forward_used(point):
     mids = []
     with torch.no_grad():
         for t in range(T):
-            _, _, prev, _ = model._encode(clip[t:t + 1], prev)
+            _, _, prev, _ = model.encode_frames(clip[t:t + 1], prev)
             mids.append(prev[0])
     for t, rec in enumerate(recs, start=1):
         assert torch.allclose(rec["conv100"], mids[t - 1], atol=1e-5)

@@ -55,9 +55,19 @@ class ConvLSTM(nn.Module):
         for t in range(steps):
             if fused:
                 i, f, c, o = (xg[:, t] + F.conv2d(hid, wh, padding=self.pad)).chunk(4, dim=1)
+                hid, cell = _update(i, f, c, o, cell)
             else:
-                xt = x[:, t]
-                i, f, c, o = (self.xx[k](xt) + self.hh[k](hid) for k in GATES)
-            cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(c)
-            hid = torch.sigmoid(o) * torch.tanh(cell)
+                hid, cell = self.step(x[:, t], hid, cell)
         return hid, cell
+
+    def step(self, xt: torch.Tensor, hid: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step with the separate gate convolutions: x_t (B, C, s, s) and the state -> new state
+        (what a device loops over, one frame at a time: :mod:`egomodel.model.streaming`)."""
+        i, f, c, o = (self.xx[k](xt) + self.hh[k](hid) for k in GATES)
+        return _update(i, f, c, o, cell)
+
+
+def _update(i: torch.Tensor, f: torch.Tensor, c: torch.Tensor, o: torch.Tensor,
+            cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(c)
+    return torch.sigmoid(o) * torch.tanh(cell), cell

@@ -70,16 +70,20 @@ class EgoRNN(StagedModel):
         return out
 
     # ----------------------------------------------------------------------- forward
-    def _encode(
-        self, x: torch.Tensor, prev_ms: torch.Tensor | None = None
+    def encode_frames(
+        self, x: torch.Tensor, prev_ms: torch.Tensor | None = None, first: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """One batch of frames (N, 3, H, W) -> ConvLSTM input, MS logits, Conv100, CAM."""
+        """One batch of frames (N, 3, H, W) -> ConvLSTM input, MS logits, Conv100, CAM. ``first`` (a bool
+        tensor, streaming only): where true, ``prev_ms`` is ignored, as at a clip's first frame."""
         modulate = None
         if self.feedback is not None and prev_ms is not None:
             point, branch = self.insertion, self.feedback
 
             def modulate(p: str, f: torch.Tensor) -> torch.Tensor:
-                return branch(f, prev_ms) if p == point else f
+                if p != point:
+                    return f
+                out = branch(f, prev_ms)
+                return out if first is None else torch.where(first, f, out)
 
         feats, no_bn = backbone_features(self.backbone, x, modulate)  # (N, 512, s, s) each
         if self.variant == "convlstm":
@@ -107,7 +111,7 @@ class EgoRNN(StagedModel):
             # frame t needs frame t-1's MS features: loop over time
             parts, prev = [], None
             for i in range(t):
-                lstm_in, ms, mid, cam = self._encode(frames[:, i], prev)
+                lstm_in, ms, mid, cam = self.encode_frames(frames[:, i], prev)
                 parts.append((lstm_in, ms, cam))
                 prev = mid
             lstm_in = torch.stack([p[0] for p in parts], 1)
@@ -115,7 +119,7 @@ class EgoRNN(StagedModel):
             cam = torch.stack([p[2] for p in parts], 1)
         else:
             # no recurrence through the backbone: one call over all B*T frames
-            lstm_in, ms, _, cam = self._encode(frames.flatten(0, 1))
+            lstm_in, ms, _, cam = self.encode_frames(frames.flatten(0, 1))
             lstm_in = lstm_in.unflatten(0, (b, t))
             ms = None if ms is None else ms.unflatten(0, (b, t))
             cam = None if cam is None else cam.unflatten(0, (b, t))
@@ -127,7 +131,7 @@ class EgoRNN(StagedModel):
         Stage 1 trains nothing before this point, so these features can be cached per clip view.
         """
         b, t = frames.shape[:2]
-        return self._encode(frames.flatten(0, 1))[0].unflatten(0, (b, t))
+        return self.encode_frames(frames.flatten(0, 1))[0].unflatten(0, (b, t))
 
     def classify(self, lstm_in: torch.Tensor) -> torch.Tensor:
         """ConvLSTM over time, avg-pool of the final *cell* state, dropout, linear: (B, classes)."""
