@@ -60,7 +60,7 @@ def _search(tmp: Path, space: Path, data: Path, *extra: str) -> float:
     return time.perf_counter() - t0
 
 
-def _rows(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:
+def trial_rows(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:
     out = {}
     for f in exp_dir.glob("*/result.json"):
         out[f.parent.name] = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
@@ -86,13 +86,13 @@ def search_cost(tmp: Path, data: Path, trials: int) -> dict[str, Any]:
         work = tmp / label
         work.mkdir()
         wall = _search(work, space, data, *extra)
-        runs[label] = (_rows(work / "ray_results" / "cost"), wall)
+        runs[label] = (trial_rows(work / "ray_results" / "cost"), wall)
     return cost_figures(runs["store"], runs["naive"])
 
 
 def cost_figures(store: tuple[dict[str, list[dict[str, Any]]], float],
                  naive: tuple[dict[str, list[dict[str, Any]]], float]) -> dict[str, Any]:
-    """The search-cost figures from two searches' Ray results (``_rows``) and wall times."""
+    """The search-cost figures from two searches' Ray results (``trial_rows``) and wall times."""
     results = {}
     for label, (rows, wall) in (("store", store), ("naive", naive)):
         waits = [r[-1].get("mean_data_wait_fraction") for r in rows.values() if r and r[-1].get("final")]
@@ -124,10 +124,10 @@ def tune_overhead(tmp: Path, data: Path, reps: int) -> dict[str, Any]:
         work = tmp / name
         work.mkdir()
         _search(work, space, data, "--no-stage-store")
-        tuned_by[plots] = trial_seconds(_rows(work / "ray_results" / name))
+        tuned_by[plots] = trial_seconds(trial_rows(work / "ray_results" / name))
     # each direct run in a fresh process with one thread, as each trial gets a fresh 1-CPU Ray worker:
     # an in-process run after the other benchmarks would start with warm caches the trial never has
-    direct = [_direct_train(data, work / f"direct{i}") for i in range(reps)]
+    direct = [direct_train(data, work / f"direct{i}") for i in range(reps)]
     return overhead_figures(tuned_by[True], tuned_by[False], direct)
 
 
@@ -151,7 +151,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
 
-def _direct_train(data: Path, out: Path) -> float:
+def direct_train(data: Path, out: Path) -> float:
     """Seconds of ``egomodel.training.engine.train`` on the overhead trial's config, in a fresh one-thread
     process (imports not counted, as a trial's time_total_s does not count its worker's)."""
     overrides = json.dumps({**BASE, "model.alpha": 1.0, "data.root": str(data)})
@@ -232,7 +232,7 @@ def two_nodes(tmp: Path, data: Path, trials: int, reps: int) -> dict[str, Any]:
                 work.mkdir()
                 wall = _search(work, space, data, "--address", head, "--no-stage-store",
                                "--storage", f"file://{work / 'ray_results'}")
-                rows = _rows(work / "ray_results" / "nodes")
+                rows = trial_rows(work / "ray_results" / "nodes")
                 rates[nodes] = trials / _trial_span(rows) * 3600
                 trial_s[nodes] += [r[-1]["time_total_s"] for r in rows.values() if r]
                 walls[nodes] = trials / wall * 3600

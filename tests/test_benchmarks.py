@@ -17,7 +17,7 @@ def test_benchmarks_run_in_tiny_mode(tmp_path, smoke_search, tiny_root):
     """The step and stage-1 cache figures run end to end; the search-cost and Tune-overhead figures are
     computed by the benchmark's own code from the session's smoke search (its four searches of their
     own run in the slow test below) and one direct training run, as the benchmark runs it."""
-    from benchmarks.run import _direct_train, _rows, cost_figures, overhead_figures, trial_seconds
+    from benchmarks.run import cost_figures, direct_train, overhead_figures, trial_rows, trial_seconds
 
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--tiny", "--skip", "search", "overhead", "nodes",
@@ -25,13 +25,13 @@ def test_benchmarks_run_in_tiny_mode(tmp_path, smoke_search, tiny_root):
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     figures = json.loads(out.read_text())
-    rows = _rows(smoke_search.exp_dir)
+    rows = trial_rows(smoke_search.exp_dir)
     figures.update(cost_figures((rows, 2.0), (rows, 1.0)))
     assert figures["search_cost_ratio"] == 1 and figures["search_wall_ratio"] == 2  # the same search twice
     assert figures["stage_epochs_with_store"] > 0 and figures["same_best_configuration"] is True
     tuned = trial_seconds(rows)
     assert tuned and all(t > 0 for t in tuned)
-    figures.update(overhead_figures(tuned, tuned, [_direct_train(tiny_root, tmp_path / "direct")]))
+    figures.update(overhead_figures(tuned, tuned, [direct_train(tiny_root, tmp_path / "direct")]))
     for key in KEYS[:-1]:
         assert isinstance(figures[key], float) and figures[key] > 0, key
     assert "machine" in figures
