@@ -22,15 +22,20 @@ from egomodel.data.prepare.run import Executor, file_digest, identity, local_exe
 DATASET_SHORT_SIDE = 256  # egtea and epic default: full-resolution PNGs of EPIC would take tens of TB
 
 
-def _add_common(p: argparse.ArgumentParser, short_side: int | None) -> None:
-    p.add_argument("--out", type=Path, required=True, help="output root (GTEA61 layout)")
+def _add_common(p: argparse.ArgumentParser, short_side: int | None, writes_root: bool = True) -> None:
+    """Options every command shares; ``fill`` works in an existing root, at its frames' size."""
+    if writes_root:
+        p.add_argument("--out", type=Path, required=True, help="output root (GTEA61 layout)")
+        default = "the video's size" if short_side is None else str(short_side)
+        p.add_argument("--short-side", type=int, default=short_side, help=f"resize frames to this short side "
+                       f"(default {default})")
+        p.add_argument("--frame-format", choices=FRAME_FORMATS, default="png", help="RGB frames as png (default) "
+                       "or jpg (a tenth of the disk)")
+    else:
+        p.set_defaults(out=None, short_side=None, frame_format="png")
     p.add_argument("--flow", choices=FLOW_METHODS, default="tvl1", help="TV-L1 (default; the field's warp flow) "
                    "or DIS (much faster, less exact on textureless objects)")
     p.add_argument("--workers", type=int, default=1, help="processes, one core each (default 1)")
-    default = "the video's size" if short_side is None else str(short_side)
-    p.add_argument("--short-side", type=int, default=short_side, help=f"resize frames to this short side (default "
-                   f"{default})")
-    p.add_argument("--frame-format", choices=FRAME_FORMATS, default="png", help="RGB frames as png (default) or jpg")
     p.add_argument("--map-threshold", type=float, default=1.5, help="px of compensated flow above the frame's "
                    "median that count as moving (default 1.5)")
     p.add_argument("--bound", type=float, default=20.0, help="flow images clip at +-bound px (default 20)")
@@ -48,8 +53,7 @@ def build_parser(prog: str = "python -m egomodel.prepare") -> argparse.ArgumentP
     _add_common(p, None)
     p = sub.add_parser("fill", help="compute the motion maps and flow a GTEA61-layout root lacks, in place")
     p.add_argument("root", type=Path)
-    _add_common(p, None)
-    p.set_defaults(out=None)
+    _add_common(p, None, writes_root=False)
     p = sub.add_parser("egtea", help="EGTEA Gaze+ as distributed (cropped_clips/, action_idx.txt, splits)")
     p.add_argument("egtea_root", type=Path)
     p.add_argument("--split", type=int, choices=(1, 2, 3), default=1)

@@ -62,6 +62,9 @@ class ClipJob:
     def num_frames(self) -> int:
         return self.source.num_frames
 
+    def done(self, root: Path) -> bool:
+        return is_done(root, self.rel)
+
 
 @dataclass(frozen=True)
 class ClipResult:
@@ -107,7 +110,7 @@ def prepare_clip(job: ClipJob, root: Path | str, options: PrepareOptions) -> Cli
     """Write one clip (frames, motion maps, flow) into ``root``, skipping it when it is already there."""
     root = Path(root)
     key = job.rel.as_posix()
-    if is_done(root, job.rel):
+    if job.done(root):
         return ClipResult(key, job.user, job.label, job.num_frames, 0.0, skipped=True)
     start = time.perf_counter()
     frames = [resize_short(f, options.short_side) for f in job.source.read()]

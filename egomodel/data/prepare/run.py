@@ -16,12 +16,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from egomodel.data.layout import FRAMES_DIR
-from egomodel.data.prepare.clip import TMP_DIR, ClipJob, ClipResult, PrepareOptions, is_done, prepare_clip
+from egomodel.data.prepare.clip import TMP_DIR, ClipJob, ClipResult, PrepareOptions, prepare_clip
 from egomodel.data.prepare.sources import PrepareError
 
 IDENTITY_FILE = "prepare.json"
 Outcome = tuple[ClipJob, "ClipResult | Exception"]
-Executor = Callable[[Sequence[ClipJob], Path, PrepareOptions], Iterator[Outcome]]
+Work = Callable[[ClipJob, Path, PrepareOptions], ClipResult]  # prepare_clip, or fill_clip
+Executor = Callable[[Work, Sequence[ClipJob], Path, PrepareOptions], Iterator[Outcome]]
 
 
 def file_digest(*paths: Path) -> str:
@@ -64,16 +65,16 @@ def _init_worker() -> None:
 def local_executor(workers: int) -> Executor:
     """Clips in this process (``workers`` 1) or in a pool of processes."""
 
-    def run(jobs: Sequence[ClipJob], root: Path, options: PrepareOptions) -> Iterator[Outcome]:
+    def run(work: Work, jobs: Sequence[ClipJob], root: Path, options: PrepareOptions) -> Iterator[Outcome]:
         if workers <= 1:
             for job in jobs:
                 try:
-                    yield job, prepare_clip(job, root, options)
+                    yield job, work(job, root, options)
                 except Exception as exc:  # reported by the caller, with the job's origin
                     yield job, exc
             return
         with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
-            pending: dict[Future, ClipJob] = {pool.submit(prepare_clip, job, root, options): job for job in jobs}
+            pending: dict[Future, ClipJob] = {pool.submit(work, job, root, options): job for job in jobs}
             try:
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -108,23 +109,26 @@ class Summary:
 
 
 def run(
-    ident: dict,
+    ident: dict | None,
     jobs: Sequence[ClipJob],
     root: Path | str,
     options: PrepareOptions,
     executor: Executor,
     skip_bad: bool = False,
     progress: bool = True,
+    work: Work = prepare_clip,
 ) -> Summary:
-    """Prepare ``jobs`` into ``root``: complete clips are skipped, the rest run through ``executor``. A clip
-    that fails stops the run (PrepareError naming it) unless ``skip_bad``, which reports and skips it."""
+    """Prepare ``jobs`` into ``root``: complete clips are skipped, the rest run ``work`` through ``executor``.
+    A clip that fails stops the run (PrepareError naming it) unless ``skip_bad``, which reports and skips it.
+    ``ident`` (None for ``fill``, which works in place) is checked against the root's ``prepare.json``."""
     root = Path(root)
-    claim_root(root, ident)
+    if ident is not None:
+        claim_root(root, ident)
     shutil.rmtree(root / TMP_DIR, ignore_errors=True)  # what killed runs left
     summary = Summary()
     todo = []
     for job in jobs:
-        if is_done(root, job.rel):
+        if job.done(root):
             summary.already += 1
             summary.clips[job.user, job.label] += 1
         else:
@@ -133,7 +137,7 @@ def run(
     bar = tqdm(total=sum(j.num_frames for j in todo), unit="frame", desc="preparing", disable=not progress,
                postfix=f"clips 0/{len(todo)}")
     try:
-        for job, outcome in executor(todo, root, options):
+        for job, outcome in executor(work, todo, root, options):
             bar.update(job.num_frames)
             if isinstance(outcome, Exception):
                 message = f"{job.origin} ({job.rel.as_posix()}): {outcome}"
