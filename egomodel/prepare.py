@@ -63,6 +63,8 @@ def build_parser(prog: str = "python -m egomodel.prepare") -> argparse.ArgumentP
     p.add_argument("--videos", type=Path, required=True, help="folder of P01/videos/P01_01.MP4 ... or of "
                    "P01/rgb_frames/P01_01/ (or P01_01.tar)")
     p.add_argument("--label", choices=("verb", "noun", "action"), default="verb")
+    p.add_argument("--users", choices=("split", "participant"), default="split", help="users are the annotation "
+                   "files (train, validation; default) or the participants (P01, ...)")
     _add_common(p, DATASET_SHORT_SIDE)
     return parser
 
@@ -99,7 +101,7 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.command == "epic":
         from egomodel.data.prepare.epic import epic_jobs
 
-        jobs, source = epic_jobs(args.annotations, args.videos, args.label, args.skip_bad, report)
+        jobs, source = epic_jobs(args.annotations, args.videos, args.label, args.skip_bad, report, args.users)
         return Plan(args.out, identity("epic", source, options), jobs, options)
     raise ValueError(f"no plan for {args.command}")
 

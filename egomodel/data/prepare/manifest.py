@@ -32,6 +32,12 @@ def check_name(value: str, what: str, where: str) -> str:
     return value
 
 
+def folder_name(text: str, where: str) -> str:
+    """A data set's class name as a folder name: runs of other characters become ``_`` (``Inspect/Read
+    recipe`` -> ``Inspect_Read_recipe``)."""
+    return check_name(re.sub(r"[^A-Za-z0-9_.+-]+", "_", text.strip()).strip("_."), "name", where)
+
+
 def _number(row: dict[str, str], column: str, where: str, kind: type) -> float | int | None:
     text = (row.get(column) or "").strip()
     if not text:

@@ -130,10 +130,13 @@ class FrameFiles:
         with tarfile.open(self.tar) as archive:
             out = []
             for name in self.files:
-                try:
-                    data = archive.extractfile(name)
-                except KeyError:
-                    data = None
+                data = None
+                for member in (name, f"./{name}"):  # EPIC's tars name their members ./frame_...
+                    try:
+                        data = archive.extractfile(member)
+                        break
+                    except KeyError:
+                        continue
                 if data is None:
                     raise PrepareError(f"{self.tar} has no frame {name}")
                 out.append(_decode(data.read(), f"{self.tar}:{name}"))
