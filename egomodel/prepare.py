@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from egomodel.data.layout import DataError
-from egomodel.data.prepare.clip import FRAME_FORMATS, ClipJob, PrepareOptions
+from egomodel.data.prepare.clip import FRAME_FORMATS, ClipJob, PrepareOptions, prepare_clip
 from egomodel.data.prepare.motion import FLOW_METHODS, MotionSettings
 from egomodel.data.prepare.run import Executor, file_digest, identity, local_executor, run
 
@@ -45,7 +45,9 @@ def _add_common(p: argparse.ArgumentParser, short_side: int | None, writes_root:
     p.add_argument("--no-progress", action="store_true")
 
 
-def build_parser(prog: str = "python -m egomodel.prepare") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m egomodel.prepare",
+                 extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+    """The commands' parser; ``extra`` adds options to every command (``tuning.prepare``: ``--address``)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("videos", help="clips listed in a manifest CSV (video,label,user,start_frame,end_frame)")
@@ -66,6 +68,9 @@ def build_parser(prog: str = "python -m egomodel.prepare") -> argparse.ArgumentP
     p.add_argument("--users", choices=("split", "participant"), default="split", help="users are the annotation "
                    "files (train, validation; default) or the participants (P01, ...)")
     _add_common(p, DATASET_SHORT_SIDE)
+    if extra is not None:
+        for command in sub.choices.values():
+            extra(command)
     return parser
 
 
@@ -79,7 +84,7 @@ class Plan:
     """What a command will do: the root, its identity, the clips and the settings."""
 
     root: Path
-    ident: dict
+    ident: dict | None  # None for fill, which works in an existing root
     jobs: list[ClipJob]
     options: PrepareOptions
 
@@ -106,17 +111,21 @@ def plan(args: argparse.Namespace) -> Plan:
     raise ValueError(f"no plan for {args.command}")
 
 
-def execute(args: argparse.Namespace, executor: Executor) -> int:
-    """Run a parsed command with ``executor`` (processes here, Ray tasks in tuning.prepare); print the summary."""
+def execute(args: argparse.Namespace, executor: Executor,
+            before: Callable[[Path, list[ClipJob]], None] | None = None) -> int:
+    """Run a parsed command with ``executor`` (processes here, Ray tasks in tuning.prepare); print the summary.
+    ``before(root, jobs)`` runs once the input is read and checked, before any clip."""
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     if args.command == "fill":
-        from egomodel.data.prepare.fill import fill
+        from egomodel.data.prepare.fill import fill_clip, fill_jobs
 
-        summary = fill(args.root, options_from(args), executor, args.skip_bad, not args.no_progress)
+        p, work = Plan(args.root, None, fill_jobs(args.root), options_from(args)), fill_clip
     else:
-        p = plan(args)
-        summary = run(p.ident, p.jobs, p.root, p.options, executor, args.skip_bad, not args.no_progress)
+        p, work = plan(args), prepare_clip
+    if before is not None:
+        before(p.root, p.jobs)
+    summary = run(p.ident, p.jobs, p.root, p.options, executor, args.skip_bad, not args.no_progress, work)
     print(summary.text())
     return 0
 

@@ -19,7 +19,6 @@ from egomodel.data import layout
 from egomodel.data.layout import FLOW_X_DIR, FLOW_Y_DIR, FRAMES_DIR
 from egomodel.data.prepare.clip import ClipResult, PrepareOptions, publish, staging, write_image
 from egomodel.data.prepare.motion import clip_motion
-from egomodel.data.prepare.run import Executor, Summary, run
 from egomodel.data.prepare.sources import FrameFiles
 
 
@@ -82,14 +81,6 @@ def fill_clip(job: FillJob, root: Path | str, options: PrepareOptions) -> ClipRe
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ClipResult(job.rel.as_posix(), job.user, job.label, job.num_frames, time.perf_counter() - start)
-
-
-def fill(root: Path | str, options: PrepareOptions, executor: Executor, skip_bad: bool = False,
-         progress: bool = True) -> Summary:
-    """Fill every clip of ``root`` that lacks motion maps or flow."""
-    root = Path(root)
-    jobs = fill_jobs(root)
-    return run(None, jobs, root, options, executor, skip_bad, progress, work=fill_clip)
 
 
 def fill_jobs(root: Path) -> list[FillJob]:
