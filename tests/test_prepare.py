@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 
 from egomodel.data import layout
-from egomodel.data.prepare.motion import decode_flow
-from egomodel.data.synthetic_ego import generate_ego
+from egomodel.data.synthetic_ego import generate_ego, mask_figures
 from egomodel.prepare import main as prepare
 from tests.conftest import tiny_config
 
@@ -71,19 +70,9 @@ def test_layout_numbering_and_counts(prepared: Path, ego: Path) -> None:
     assert not (prepared / ".prepare-tmp").exists() or not any((prepared / ".prepare-tmp").iterdir())
 
 
-def _truth_figures(root: Path, ego: Path, bound: float = 20.0) -> tuple[float, float, float]:
-    """Mean IoU of the maps with the true masks, and median flow magnitude on the background / object."""
-    ious, background, moving = [], [], []
-    for clip in layout.scan(root, need_mmaps=True, need_flow=True):
-        truth = [_gray(ego / "masks" / clip.key / f"mask{t:04d}.png") > 0 for t in range(1, clip.num_frames + 1)]
-        for t, mask in enumerate(truth, start=1):
-            found = _gray(clip.mmaps[t]) > 0
-            ious.append((found & mask).sum() / max((found | mask).sum(), 1))
-        for t, (fx, fy) in enumerate(zip(clip.flow_x, clip.flow_y)):
-            magnitude = np.hypot(decode_flow(_gray(fx), bound), decode_flow(_gray(fy), bound))
-            background.append(np.median(magnitude[~truth[t]]))
-            moving.append(np.median(magnitude[truth[t]]))
-    return float(np.mean(ious)), float(np.mean(background)), float(np.mean(moving))
+def _truth_figures(root: Path, ego: Path) -> tuple[float, float, float]:
+    figures = mask_figures(root, ego)
+    return figures["iou"], figures["background_px"], figures["object_px"]
 
 
 def test_maps_and_warp_flow_match_the_truth_and_need_compensation(ego: Path, prepared: Path, tmp_path: Path) -> None:

@@ -159,3 +159,28 @@ def _object_look(obj: str, rng: np.random.Generator) -> tuple[str, np.ndarray]:
     """The object's shape and its colour, varied per clip."""
     shape, base = OBJECTS[obj]
     return shape, np.clip(np.asarray(base, dtype=np.float64) + rng.integers(-15, 16, 3), 0, 255)
+
+
+def mask_figures(prepared: Path | str, raw: Path | str, bound: float = 20.0) -> dict[str, float]:
+    """How a root prepared from :func:`generate_ego`'s videos compares with the truth: the mean IoU of its
+    motion maps with the true masks, and the mean over frame pairs of the median warp-flow magnitude (px)
+    on the background and on the object."""
+    from egomodel.data import layout
+    from egomodel.data.prepare.motion import decode_flow
+
+    def gray(path: Path) -> np.ndarray:
+        return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+
+    ious, background, moving = [], [], []
+    for clip in layout.scan(prepared, need_mmaps=True, need_flow=True):
+        truth = [gray(Path(raw, "masks", clip.key, f"mask{t:04d}.png")) > 0 for t in range(1, clip.num_frames + 1)]
+        for t, mask in enumerate(truth, start=1):
+            found = gray(clip.mmaps[t]) > 0
+            ious.append((found & mask).sum() / max((found | mask).sum(), 1))
+        for t, (fx, fy) in enumerate(zip(clip.flow_x, clip.flow_y)):
+            magnitude = np.hypot(decode_flow(gray(fx), bound), decode_flow(gray(fy), bound))
+            background.append(np.median(magnitude[~truth[t]]))
+            moving.append(np.median(magnitude[truth[t]]))
+    return {"iou": float(np.mean(ious)), "background_px": float(np.mean(background)),
+            "object_px": float(np.mean(moving))}
+
