@@ -28,6 +28,11 @@ from egomodel.data.synthetic_ego import generate_ego, mask_figures, render_ego_c
 from egomodel.prepare import main as prepare
 
 SIZES = {"320x240": (320, 240), "short side 256": (456, 256)}
+# Frames to prepare, upper bounds (whole videos, not only the annotated segments): EPIC-Kitchens-100 is
+# 100 hours, about 20 M frames; EGTEA Gaze+ is 28 hours at 24 fps. GTEA61's frame count is not known to
+# us: per 100,000 frames instead.
+DATASET_FRAMES = {"GTEA61 (per 100k frames)": 100_000, "EGTEA Gaze+": 28 * 3600 * 24, "EPIC-Kitchens-100": 20_000_000}
+CPUS = {"one 16-core node": 16, "cluster.yaml (8-CPU head + 4 workers x 4 CPUs)": 24}
 
 
 def speed(pairs: int = 8) -> dict[str, float]:
@@ -47,6 +52,12 @@ def speed(pairs: int = 8) -> dict[str, float]:
                 encode_flow(flow, settings.bound)
             out[f"{method} {name}"] = pairs / (time.perf_counter() - start)
     return out
+
+
+def estimates(speeds: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Hours to prepare each data set at a short side of 256, from the per-core speeds."""
+    return {f"{data}, {method}, {where}": frames / (speeds[f"{method} short side 256"] * cpus) / 3600
+            for data, frames in DATASET_FRAMES.items() for method in FLOW_METHODS for where, cpus in CPUS.items()}
 
 
 def quality(work: Path) -> dict[str, dict[str, float]]:
@@ -70,6 +81,7 @@ def main() -> None:
     cv2.setNumThreads(1)
     result = {"date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} cores (pinned to CPU 0)", "frames_per_s_one_core": speed()}
+    result["hours_at_short_side_256"] = estimates(result["frames_per_s_one_core"])
     print(json.dumps(result, indent=1))
     with tempfile.TemporaryDirectory() as tmp:
         result["quality_320x240"] = quality(Path(tmp))

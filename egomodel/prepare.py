@@ -30,7 +30,7 @@ def _add_common(p: argparse.ArgumentParser, short_side: int | None, writes_root:
         p.add_argument("--short-side", type=int, default=short_side, help=f"resize frames to this short side "
                        f"(default {default})")
         p.add_argument("--frame-format", choices=FRAME_FORMATS, default="png", help="RGB frames as png (default) "
-                       "or jpg (a tenth of the disk)")
+                       "or jpg (about a third of the disk, quality 95)")
     else:
         p.set_defaults(out=None, short_side=None, frame_format="png")
     p.add_argument("--flow", choices=FLOW_METHODS, default="tvl1", help="TV-L1 (default; the field's warp flow) "
