@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import shutil
 import time
 from collections import Counter
@@ -73,7 +74,9 @@ def local_executor(workers: int) -> Executor:
                 except Exception as exc:  # reported by the caller, with the job's origin
                     yield job, exc
             return
-        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+        # spawned, not forked: a fork of a process whose threads (PyTorch's, OpenCV's) hold locks can hang
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker) as pool:
             pending: dict[Future, ClipJob] = {pool.submit(work, job, root, options): job for job in jobs}
             try:
                 while pending:
