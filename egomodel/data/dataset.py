@@ -198,7 +198,7 @@ class ClipDataset(Dataset):
         return [int(v) for v in np.linspace(0, last, self.cfg.flow_segments).round()]
 
     def _flow(self, clip: Clip, starts: list[int], view: View, size: int,
-              frame_size: tuple[int, int]) -> np.ndarray:
+              frame_size: tuple[int, int] | None = None) -> np.ndarray:
         """(K, 2*flow_stack, S, S): for each start, flow x and y of consecutive frames, interleaved."""
         def plane(path: Path, is_x: bool) -> np.ndarray:
             return flow_tensor(self._load(path, False), view, size, is_x, frame_size)
