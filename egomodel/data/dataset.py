@@ -172,16 +172,20 @@ class ClipDataset(Dataset):
         out = {"label": torch.tensor(self.index[clip.label_name]), "index": torch.tensor(idx)}
         if self.with_frames:
             images, maps = self.decoded(idx)
-            view = self.view_for(item, *images[0].size)
+            frame_size = images[0].size
+            view = self.view_for(item, *frame_size)
             out["frames"] = torch.from_numpy(np.stack([rgb_tensor(im, view, size) for im in images]))  # uint8
         else:
             frames = layout.sample_indices(clip.num_frames, self.cfg.frames)
-            view = self.view_for(item, *self._load(clip.rgb[frames[0]], True).size)
+            frame_size = self._load(clip.rgb[frames[0]], True).size
+            view = self.view_for(item, *frame_size)
             maps = self._maps(clip, frames)
+        # the view is in RGB pixels; maps and flow of another size get it scaled (transforms._crop_resize)
         if maps is not None:
-            out["mmaps"] = torch.from_numpy(np.stack([motion_target(m, view, s) for m in maps]))
+            out["mmaps"] = torch.from_numpy(np.stack([motion_target(m, view, s, frame_size) for m in maps]))
         if self.with_flow:
-            out["flow"] = torch.from_numpy(self._flow(clip, self.flow_starts(item, len(clip.flow_x)), view, size))
+            starts = self.flow_starts(item, len(clip.flow_x))
+            out["flow"] = torch.from_numpy(self._flow(clip, starts, view, size, frame_size))
         return out
 
     def flow_starts(self, item: int | tuple[int, int], n: int) -> list[int]:
@@ -193,10 +197,11 @@ class ClipDataset(Dataset):
             return [int(np.random.default_rng([self.seed, key, idx, 1]).integers(0, last + 1))]
         return [int(v) for v in np.linspace(0, last, self.cfg.flow_segments).round()]
 
-    def _flow(self, clip: Clip, starts: list[int], view: View, size: int) -> np.ndarray:
+    def _flow(self, clip: Clip, starts: list[int], view: View, size: int,
+              frame_size: tuple[int, int] | None = None) -> np.ndarray:
         """(K, 2*flow_stack, S, S): for each start, flow x and y of consecutive frames, interleaved."""
         def plane(path: Path, is_x: bool) -> np.ndarray:
-            return flow_tensor(self._load(path, False), view, size, is_x)
+            return flow_tensor(self._load(path, False), view, size, is_x, frame_size)
 
         return np.stack([
             np.stack([plane(p, is_x) for i in range(k, k + self.cfg.flow_stack)

@@ -1,11 +1,14 @@
 """The GTEA61 folder layout as the paper's authors stored it, read without decoding images.
 
 ```
-<root>/processed_frames2/S{u}/<class>/<inst>/rgb/rgb0001.png ...    (1-based, 4 digits)
-<root>/processed_frames2/S{u}/<class>/<inst>/mmaps/map0001.png ...  (motion maps, 0 or 255)
-<root>/flow_x_processed/S{u}/<class>/<inst>/flow_x_00001.png ...   (warp flow, 128 = no motion)
-<root>/flow_y_processed/S{u}/<class>/<inst>/flow_y_00001.png ...
+<root>/processed_frames2/<user>/<class>/<inst>/rgb/rgb0001.png ...    (1-based, 4 digits; .png or .jpg)
+<root>/processed_frames2/<user>/<class>/<inst>/mmaps/map0001.png ...  (motion maps, 0 or 255)
+<root>/flow_x_processed/<user>/<class>/<inst>/flow_x_00001.png ...   (warp flow, 128 = no motion)
+<root>/flow_y_processed/<user>/<class>/<inst>/flow_y_00001.png ...
 ```
+
+GTEA61's users are ``S1`` ... ``S4``; a prepared data set's users are whatever its manifest names
+(``P01``, ``train``, ...): every visible folder under ``processed_frames2`` that holds class folders is a user.
 
 The real data set has quirks that this module absorbs so that nothing downstream sees them:
 users may lack a class (labels are therefore by class *name* over all users), stray files sit
@@ -31,7 +34,7 @@ FLOW_Y_DIR = "flow_y_processed"
 
 # Exact file-name patterns: anything else in these folders (``rgb0003 (1).png``, ``.DS_Store``,
 # ``Thumbs.db``) is not a frame and is ignored.
-_RGB_RE = re.compile(r"rgb(\d+)\.png")
+_RGB_RE = re.compile(r"rgb(\d+)\.(?:png|jpg|jpeg)")  # JPEG frames: egomodel.prepare --frame-format jpg
 _MAP_RE = re.compile(r"map(\d+)\.png")
 _FLOW_X_RE = re.compile(r"flow_x_(\d+)\.png")
 _FLOW_Y_RE = re.compile(r"flow_y_(\d+)\.png")
@@ -107,16 +110,16 @@ def _contiguous(folder: Path, frames: dict[int, Path], what: str) -> tuple[Path,
 
 
 def list_users(root: Path | str) -> list[str]:
-    """Sorted user folder names (``S1``, ``S2``, ...) under ``<root>/processed_frames2``."""
+    """Naturally sorted user folder names (``S1``, ``S2``, ... or any others) under ``<root>/processed_frames2``."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data root {root} does not exist (or is not a folder)")
     frames_dir = root / FRAMES_DIR
     if not frames_dir.is_dir():
         raise DataError(f"data root {root} has no {FRAMES_DIR} folder: expected {frames_dir}")
-    users = [p.name for p in _subdirs(frames_dir) if p.name.startswith("S")]
+    users = [p.name for p in _subdirs(frames_dir) if _subdirs(p)]  # a user folder holds class folders
     if not users:
-        raise DataError(f"no user folders (S1, S2, ...) in {frames_dir}")
+        raise DataError(f"no user folders in {frames_dir} (expected one folder per user, such as S1 or P01)")
     return users
 
 

@@ -10,7 +10,8 @@ How a clip is drawn, and why its motion maps and flow are exact, is :mod:`egomod
 this module writes clips into the folders of a data set (:func:`generate`), keeps a cached default set
 (:func:`default_root`), adds the real data set's quirks (:func:`add_quirks`), and is the command
 ``python -m egomodel.data.synthetic OUT``. Output is a pure function of the arguments: same arguments,
-same bytes.
+same bytes. With ``--ego-motion`` the command writes raw videos from a moving camera, a manifest and the
+true masks instead (:mod:`egomodel.data.synthetic_ego`), the input of ``python -m egomodel.prepare``.
 """
 
 from __future__ import annotations
@@ -220,7 +221,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=_parse_size, default=(80, 64), help="WxH (default 80x64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--users", type=int, default=4, help="number of users S1..Sn (default 4)")
+    parser.add_argument("--ego-motion", action="store_true", help="write raw videos filmed by a panning, zooming, "
+                        "wobbling camera (users P01..Pn), manifest.csv and the true masks, for egomodel.prepare")
     args = parser.parse_args(argv)
+    if args.ego_motion:
+        from egomodel.data.synthetic_ego import generate_ego
+
+        try:
+            root = generate_ego(args.out, args.classes, args.clips_per_class, args.frames, args.size, args.seed,
+                                args.users)
+        except (ValueError, FileExistsError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {root}/videos, {root}/manifest.csv and {root}/masks; next: "
+              f"python -m egomodel.prepare videos {root}/manifest.csv --out ROOT")
+        return 0
     try:
         root = generate(args.out, args.classes, args.clips_per_class, args.frames, args.size, args.seed, args.users)
     except (ValueError, FileExistsError) as exc:

@@ -88,7 +88,7 @@ def plan_classes(n: int) -> list[SyntheticClass]:
     return [SyntheticClass(f"{motion}_{obj}", obj, motion, i) for i, (motion, obj) in enumerate(CLASS_ORDER[:n])]
 
 
-def _shape_mask(shape: str, s: int) -> np.ndarray:
+def shape_mask(shape: str, s: int) -> np.ndarray:
     """Boolean mask of an object of nominal size ``s`` pixels."""
     if shape in ("bar", "ellipse"):
         h, w = (max(3, s // 3), s + s // 2) if shape == "bar" else (max(5, (2 * s) // 3), s + s // 3)
@@ -106,7 +106,7 @@ def _shape_mask(shape: str, s: int) -> np.ndarray:
     return np.ones((h, w), dtype=bool)  # square, bar
 
 
-def _object_image(mask: np.ndarray, colour: np.ndarray) -> np.ndarray:
+def object_image(mask: np.ndarray, colour: np.ndarray) -> np.ndarray:
     """The object's pixels: its colour shaded by a diagonal gradient in object coordinates, so the
     texture moves rigidly with the object."""
     h, w = mask.shape
@@ -150,7 +150,7 @@ def _bounce(start: int, lo: int, hi: int, speed: int, direction: int, steps: int
     return positions
 
 
-def _trajectory(
+def trajectory(
     motion: str, width: int, height: int, w: int, h: int, steps: int, rng: np.random.Generator
 ) -> list[tuple[int, int]]:
     """Top-left object positions (x, y) for ``steps + 1`` time steps; consecutive ones always differ
@@ -199,11 +199,11 @@ def render_clip(
     gain = np.asarray(_user_scene(user).gain)
     colour = np.clip((np.asarray(base_colour) + rng.integers(-15, 16, 3)) * gain, 0, 255)
     size = round(OBJECT_SCALE * min(width, height) * rng.uniform(0.9, 1.1))
-    mask = _shape_mask(shape, size)
-    obj = _object_image(mask, colour)
+    mask = shape_mask(shape, size)
+    obj = object_image(mask, colour)
     h, w = mask.shape
     background = _background(user, width, height, rng)
-    path = _trajectory(cls.motion, width, height, w, h, frames, rng)
+    path = trajectory(cls.motion, width, height, w, h, frames, rng)
 
     rgb, maps, flow_x, flow_y = [], [], [], []
     for t in range(frames):

@@ -49,6 +49,18 @@ def centre_view(width: int, height: int) -> View:
     return View(*_place(width, height, side, "center"), side, False)
 
 
+def _crop_resize(img: Image.Image, view: View, frame_size: tuple[int, int] | None, size: int,
+                 resample: int) -> Image.Image:
+    """The view's crop of ``img`` resized to size x size. The view is in RGB-frame pixels: a motion map or
+    flow image of another size (``frame_size`` is the frame's (width, height)) gets the box scaled by the
+    size ratio, so it covers the same part of the scene."""
+    if frame_size is None or tuple(frame_size) == img.size:
+        return img.crop(view.box).resize((size, size), resample)
+    sx, sy = img.size[0] / frame_size[0], img.size[1] / frame_size[1]
+    left, top, right, bottom = view.box
+    return img.resize((size, size), resample, box=(left * sx, top * sy, right * sx, bottom * sy))
+
+
 def rgb_tensor(img: Image.Image, view: View, size: int) -> np.ndarray:
     """Crop, resize to size x size, flip: (3, size, size) uint8. The loader ships uint8 (a quarter of
     float32's bytes) and :func:`normalize_frames` runs on the training device."""
@@ -67,18 +79,21 @@ def normalize_frames(x: torch.Tensor) -> torch.Tensor:
     return (x.float() / 255.0 - mean) / std
 
 
-def motion_target(gray: np.ndarray, view: View, s: int) -> np.ndarray:
-    """Fraction of moving pixels in each of s x s cells of the cropped map (area-weighted)."""
+def motion_target(gray: np.ndarray, view: View, s: int, frame_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Fraction of moving pixels in each of s x s cells of the cropped map (area-weighted); a map whose size
+    differs from the frame's ``frame_size`` (width, height) is cropped at the same place in the scene."""
     frac = Image.fromarray(gray.astype(np.float32) / 255.0, mode="F")
-    out = np.asarray(frac.crop(view.box).resize((s, s), Image.BOX), dtype=np.float32)
+    out = np.asarray(_crop_resize(frac, view, frame_size, s, Image.BOX), dtype=np.float32)
     if view.flip:
         out = out[:, ::-1]
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0))
 
 
-def flow_tensor(gray: np.ndarray, view: View, size: int, is_x: bool) -> np.ndarray:
-    """Warp-flow frame (128 = no motion) to [-1, 1]; a flip inverts flow-x."""
-    img = Image.fromarray(gray).crop(view.box).resize((size, size), Image.BILINEAR)
+def flow_tensor(gray: np.ndarray, view: View, size: int, is_x: bool,
+                frame_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Warp-flow frame (128 = no motion) to [-1, 1]; a flip inverts flow-x. A flow image whose size differs
+    from the frame's ``frame_size`` (width, height) is cropped at the same place in the scene."""
+    img = _crop_resize(Image.fromarray(gray), view, frame_size, size, Image.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
     if view.flip:
         arr = arr[:, ::-1]
