@@ -14,6 +14,7 @@ pointed at nothing.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import shutil
@@ -163,6 +164,28 @@ def test_aws_head_has_no_gpu_and_workers_have_gpus() -> None:
         assert 1 <= node["max_workers"] <= cfg["max_workers"]
         assert node["node_config"]["InstanceType"]
     assert raw["idle_timeout_minutes"] > 0
+
+
+@pytest.mark.parametrize("space_file", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
+def test_trials_pack_two_per_gpu_worker(space_file: Path) -> None:
+    """A GPU space's trials fill the GPU workers: for each worker type with a GPU, floor(worker CPU /
+    trial cpu) = floor(worker GPU / trial gpu) >= 2 (neither the CPUs nor the GPU left half idle), and the
+    loader processes plus the trainer fit in the trial's CPUs."""
+    space = yaml.safe_load(space_file.read_text())
+    cpu, gpu = space["resources"]["cpu"], space["resources"].get("gpu", 0)
+    if gpu == 0:
+        pytest.skip(f"{space_file.name} runs on CPU")
+    assert space["base"]["data.num_workers"] + 1 <= cpu, f"{space_file.name}: loaders + trainer exceed cpu {cpu}"
+    cfg = prepared(AWS_FILE)
+    gpu_types = {k: v["resources"] for k, v in worker_types(cfg).items() if v["resources"].get("GPU", 0) > 0}
+    assert gpu_types
+    for name, res in gpu_types.items():
+        by_cpu, by_gpu = math.floor(res["CPU"] / cpu), math.floor(res["GPU"] / gpu)
+        assert by_cpu == by_gpu >= 2, f"{name} ({res}) fits {by_cpu} trials by CPU and {by_gpu} by GPU"
+    workers = sum(min(v["max_workers"], cfg["max_workers"]) for v in worker_types(cfg).values()
+                  if v["resources"].get("GPU", 0) > 0)
+    per_worker = min(math.floor(r["GPU"] / gpu) for r in gpu_types.values())
+    assert space["max_concurrent"] <= workers * per_worker, "more concurrent trials than the workers can hold"
 
 
 def test_aws_nodes_use_an_instance_profile_not_keys() -> None:

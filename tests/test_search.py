@@ -217,6 +217,25 @@ def test_head_local_storage_refused_on_multi_node(monkeypatch):
     search.connect_ray("auto", "s3://bucket/ray_results")  # a URI every node sees is fine
 
 
+def test_trials_ask_a_cluster_for_the_spaces_gpu_even_before_it_has_one(monkeypatch, capsys):
+    """An autoscaling cluster starts with a CPU head only: trials must still ask for the space's GPU, or
+    the autoscaler never launches a GPU worker. Only the local Ray on a machine without one runs on CPU."""
+    import ray
+
+    from tuning import search
+    from tuning.space import load_space
+
+    space = load_space("ablation")
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})  # the head of cluster.yaml
+    for address in ("auto", "ray://head:10001", "10.0.0.5:6379"):
+        assert search.trial_resources(space, address) == {"cpu": 4, "gpu": 0.5}
+    assert "no GPU" not in capsys.readouterr().out
+    assert search.trial_resources(space, None) == {"cpu": 4, "gpu": 0}
+    assert "the local trials run on CPU (the space asked for gpu 0.5)" in capsys.readouterr().out
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    assert search.trial_resources(space, None) == {"cpu": 4, "gpu": 0.5}
+
+
 def test_local_trials_run_at_normal_priority(monkeypatch):
     """A local search starts Ray with its workers (the trials) at nice 0, not Ray's default 15."""
     import ray

@@ -124,12 +124,16 @@ def connect_ray(address: str | None, storage: str) -> None:
         )
 
 
-def trial_resources(space: SearchSpace) -> dict[str, float]:
+def trial_resources(space: SearchSpace, address: str | None) -> dict[str, float]:
+    """What each trial asks Ray for: exactly the space's ``resources`` on a cluster given by ``--address``
+    (an autoscaling cluster has no GPU node until a trial asks for one, and Ray 2.60 gives a driver no
+    public list of the node types it could launch); only the local Ray the search starts itself, on a
+    machine without a GPU, runs the trials on CPU, and says so."""
     import ray
 
     res = dict(space.resources)
-    if res.get("gpu", 0) > 0 and ray.cluster_resources().get("GPU", 0) == 0:
-        print(f"note: the cluster has no GPU; trials run on CPU (the space asked for gpu {res['gpu']})")
+    if address is None and res.get("gpu", 0) > 0 and ray.cluster_resources().get("GPU", 0) == 0:
+        print(f"note: this machine has no GPU; the local trials run on CPU (the space asked for gpu {res['gpu']})")
         res["gpu"] = 0
     return res
 
@@ -263,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
         client.set_tag(parent_id, WARM_TAG, f"{warm_label}: {len(warm)} trials added, {skipped} skipped")
     store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"
     setup = TrialSetup(space, data_root, seed, store_uri)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), trial_resources(space))
+    resources = trial_resources(space, args.address)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if args.resume:
         print(f"resuming the search at {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
