@@ -80,7 +80,8 @@ def test_fuzzed_command_lines_run_or_fail_clearly(tmp_path, tiny_root, monkeypat
     check_reachable(f"sqlite:///{template}")  # an MLflow store with its schema made, copied per example
     real_resolve = search.resolve_root
     monkeypatch.setattr(search, "resolve_root", lambda r: tiny_root if r == "synthetic" else real_resolve(r))
-    monkeypatch.setattr(search, "connect_ray", lambda address, storage: None)
+    monkeypatch.setattr(search, "connect_ray", lambda address: None)
+    monkeypatch.setattr(search.storage_check, "check", lambda storage, remote: ("marker", "checked"))
     monkeypatch.setattr(search, "trial_resources", lambda space, address: dict(space.resources))
     monkeypatch.setattr(ray.tune, "with_parameters", lambda fn, **kw: fn)
     monkeypatch.setattr(ray.tune, "with_resources", lambda fn, resources: fn)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -205,16 +207,31 @@ def test_unreachable_ray_address(tmp_path, tiny_root):
     assert proc.returncode == 2 and "cannot connect to the Ray cluster" in proc.stderr, proc.stderr[-2000:]
 
 
-def test_head_local_storage_refused_on_multi_node(monkeypatch):
+def test_storage_is_checked_from_every_node_and_in_each_trial(tmp_path):
+    """The driver's marker is read back by a task pinned to each alive node (on this one-node local Ray:
+    the node reads it, then, once it is gone, the node is named with the path); a trial reads it first."""
     import ray
 
-    from tuning import search
+    from tuning.execution import storage_check
+    from tuning.execution.trainable import TrialSetup, run_trial
 
-    monkeypatch.setattr(ray, "init", lambda **kw: None)
-    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])
-    with pytest.raises(search.SearchError, match="s3://"):
-        search.connect_ray("auto", "/home/me/ray_results")
-    search.connect_ray("auto", "s3://bucket/ray_results")  # a URI every node sees is fine
+    storage = tmp_path / "ray_results"
+    session = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths are at most 107 bytes
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=session)
+    try:
+        name, checked = storage_check.check(str(storage), remote=True)
+        assert (storage / name).is_file() and checked.endswith("readable from all 1 node alive now")
+        (storage / name).unlink()  # as on a node without the mount
+        with pytest.raises(storage_check.StorageError) as e:
+            storage_check.check_every_node(str(storage), name)
+        node_ip = ray.util.get_node_ip_address()
+        assert node_ip in str(e.value) and str(storage) in str(e.value) and "s3://" in str(e.value)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(session, ignore_errors=True)
+    setup = TrialSetup(space=None, data_root="", seed=0, storage=str(storage), storage_marker=name)
+    with pytest.raises(storage_check.StorageError, match="cannot read the search's storage"):
+        run_trial({}, setup)  # before anything else: no config is even built
 
 
 def test_trials_ask_a_cluster_for_the_spaces_gpu_even_before_it_has_one(monkeypatch, capsys):
@@ -245,10 +262,10 @@ def test_local_trials_run_at_normal_priority(monkeypatch):
     monkeypatch.delenv(search.WORKER_NICENESS, raising=False)
     monkeypatch.setattr(ray, "init", lambda **kw: None)
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
-    search.connect_ray(None, "/tmp/ray_results")
+    search.connect_ray(None)
     assert os.environ[search.WORKER_NICENESS] == "0"
     monkeypatch.setenv(search.WORKER_NICENESS, "5")  # a user's own setting wins
-    search.connect_ray(None, "/tmp/ray_results")
+    search.connect_ray(None)
     assert os.environ[search.WORKER_NICENESS] == "5"
 
 

@@ -20,6 +20,7 @@ from egomodel.cli import run_cli
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
+from tuning.execution import storage_check
 from tuning.execution.study import (
     STORAGE_TAG,
     STUDY_TAG,
@@ -98,7 +99,7 @@ def _check_port(address: str) -> None:
 WORKER_NICENESS = "RAY_worker_niceness"  # Ray's setting (default 15) for the nice value of worker processes
 
 
-def connect_ray(address: str | None, storage: str) -> None:
+def connect_ray(address: str | None) -> None:
     import ray
 
     if address not in (None, "auto", "local"):
@@ -115,13 +116,6 @@ def connect_ray(address: str | None, storage: str) -> None:
             ray.init(address=address)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SearchError(f"cannot connect to the Ray cluster at {address}: {e}") from None
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and "://" not in storage:
-        raise SearchError(
-            f"--storage {storage} is a path on this node, but the cluster has {len(nodes)} nodes: trials on other "
-            "nodes could not save checkpoints there. Pass a location every node sees: s3://BUCKET/ray_results, "
-            "gs://..., or a shared mount present on every node."
-        )
 
 
 def trial_resources(space: SearchSpace, address: str | None) -> dict[str, float]:
@@ -258,7 +252,12 @@ def run(args: argparse.Namespace) -> int:
             raise SearchError(f"--storage {storage}: cannot create the folder: {e.strerror or e}") from None
     if args.resume:
         check_same_data(path, started_on(path, client, name), data_root, bundle.fingerprint)
-    connect_ray(args.address, storage)
+    connect_ray(args.address)
+    try:  # every node alive now reads a marker the driver wrote there; each trial checks it again
+        marker, checked = storage_check.check(storage, remote=args.address is not None)
+    except storage_check.StorageError as e:
+        raise SearchError(str(e)) from None
+    print(checked)
     parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume, data_root)
     if not args.resume:
         client.set_tag(parent_id, STORAGE_TAG, study_uri)
@@ -266,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     if args.warm_start:
         client.set_tag(parent_id, WARM_TAG, f"{warm_label}: {len(warm)} trials added, {skipped} skipped")
     store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"
-    setup = TrialSetup(space, data_root, seed, store_uri)
+    setup = TrialSetup(space, data_root, seed, store_uri, storage, marker)
     resources = trial_resources(space, args.address)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if args.resume:

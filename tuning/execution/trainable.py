@@ -32,6 +32,7 @@ from egomodel.model import checkpoint as ck
 from egomodel.training.engine import EpochReport, train
 from egomodel.training.stages import stage_plan
 from tuning.execution.stage_store import StageStore
+from tuning.execution.storage_check import read_marker
 from tuning.space.sampling import runtime_overrides, trial_config
 from tuning.space.types import SearchSpace
 
@@ -51,6 +52,8 @@ class TrialSetup:
     data_root: str
     seed: int
     store_uri: str | None = None  # the stage store (under the Ray storage path); None: no reuse
+    storage: str | None = None  # the search's storage and the marker the driver wrote there: each trial
+    storage_marker: str | None = None  # reads it first (a node that cannot see the storage fails at once)
 
 
 def total_epochs(cfg: Any) -> int:
@@ -126,6 +129,8 @@ def _fault_arm(trial_dir: Path) -> Any:
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     started = time.perf_counter()  # the trial's own wall time, reported as trial_wall_s
+    if setup.storage_marker:
+        read_marker(setup.storage, setup.storage_marker)
     cfg = trial_config(setup.space, config, runtime_overrides(setup.space, setup.data_root, setup.seed))
     trial_dir = Path(tune.get_context().get_trial_dir())
     work = trial_dir / "work"
