@@ -195,6 +195,58 @@ def test_replayed_epochs_of_a_retried_trial_are_logged_once(tmp_path, space):
     assert 9.0 not in {m.value for m in client.get_metric_history(rid, "train_loss")}
 
 
+def test_a_resumed_driver_logs_no_epoch_twice(tmp_path, space):
+    """The callback's saved state (what Ray keeps with the experiment) holds the epochs already logged,
+    so the epochs a resumed trial replays from its checkpoint are not logged again."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    cb, parent = new_callback(uri, space)
+    t = FakeTrial("t", tmp_path)
+    cb.on_trial_start(0, [t], t)
+    run_trial_events(cb, t, range(1, 5))
+    cb.on_step_end(0, [t])
+    saved = cb.get_state()
+    resumed = MlflowCallback(uri, parent, space, {"data.root": "/data", "train.seed": 0})
+    resumed.set_state(saved)  # the driver was killed; --resume restores the callback's state
+    for g in (3, 4):  # the trial resumes from its checkpoint at epoch 2
+        resumed.on_trial_result(0, [t], t, {**epoch_result(g), "train_loss": 9.0})
+    run_trial_events(resumed, t, range(5, 8), tmp_path)
+    resumed.on_step_end(0, [t])
+    client = mlflow.MlflowClient(uri)
+    rid = children(client, parent)["t"].info.run_id
+    assert steps(client, rid, "train_loss") == list(range(1, 8))
+    assert 9.0 not in {m.value for m in client.get_metric_history(rid, "train_loss")}
+
+
+def test_a_resumed_search_ends_the_runs_ray_lost_and_leaves_none_running(tmp_path, space):
+    """Killed after a trial's run was created but before Ray saved the trial: the resumed Ray does not
+    know that trial and may run its configuration again under a new id. Its run ends KILLED,
+    ``interrupted``, naming the re-run; at the end of the search no child run is RUNNING."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    cb, parent = new_callback(uri, space)
+    kept, lost = FakeTrial("kept", tmp_path), FakeTrial("lost", tmp_path, {"model.alpha": 2.0, "model.tau": 0.1,
+                                                                            "train.stage3.lr": 1e-4})
+    for t in (kept, lost):
+        cb.on_trial_start(0, [kept, lost], t)
+    run_trial_events(cb, lost, range(1, 2))
+    cb.on_step_end(0, [kept, lost])  # both runs exist, RUNNING; then the driver is SIGKILLed
+    resumed = MlflowCallback(uri, parent, space, {"data.root": "/data", "train.seed": 0})
+    resumed.set_state(cb.get_state())
+    rerun = FakeTrial("rerun", tmp_path, dict(lost.config))  # Ray's searcher asked for it again
+    resumed.on_step_end(0, [kept, rerun])
+    client = mlflow.MlflowClient(uri)
+    runs = children(client, parent)
+    assert runs["lost"].info.status == "KILLED" and runs["lost"].data.tags["egosearch.outcome"] == "interrupted"
+    assert runs["lost"].data.tags["egosearch.rerun_as"] == "rerun"
+    assert runs["kept"].info.status == "RUNNING"  # Ray continues it
+    run_trial_events(resumed, kept, range(1, 8), tmp_path)
+    resumed.on_trial_start(0, [kept, rerun], rerun)
+    resumed.on_experiment_end([kept, rerun])  # rerun's end never reached MLflow
+    runs = children(client, parent)
+    assert runs["kept"].info.status == "FINISHED"
+    assert all(r.info.status != "RUNNING" for r in runs.values()), {k: r.info.status for k, r in runs.items()}
+    assert runs["rerun"].data.tags["egosearch.outcome"] == "interrupted"
+
+
 # --------------------------------------------------------------------- MLflow server goes away
 def test_mlflow_server_killed_mid_search_nothing_lost(tmp_path, space, server, monkeypatch, capsys):
     """Buffer and retry: the server is SIGKILLed between trial results, the driver is restarted from

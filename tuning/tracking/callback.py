@@ -98,23 +98,28 @@ class MlflowCallback(Callback):
         self._next_try = 0.0
         self._delay = self.retry_min_s
         self._exp_id: str | None = None
+        self._reconciled = False  # this driver has ended the runs of trials Ray no longer knows
 
     # ------------------------------------------------------------------ state (pickle and Ray)
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_reconciled": False}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__["_reconciled"] = False  # a restored driver looks again
+        self.__dict__.setdefault("_logged_epoch", {})
         self.__dict__.setdefault("_pending", deque())
         for k, v in (("_down_since", None), ("_next_try", 0.0), ("_delay", self.retry_min_s), ("_exp_id", None)):
             self.__dict__.setdefault(k, v)
 
     def get_state(self) -> dict[str, Any] | None:
         """Saved by Ray with the experiment: a resumed driver finds its runs and its backlog."""
-        return {"runs": dict(self._runs), "pending": list(self._pending)}
+        return {"runs": dict(self._runs), "pending": list(self._pending), "logged_epoch": dict(self._logged_epoch)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._runs.update(state.get("runs", {}))
+        for tid, epoch in state.get("logged_epoch", {}).items():  # a retried trial's replayed epochs stay once
+            self._logged_epoch[tid] = max(epoch, self._logged_epoch.get(tid, 0))
         self._pending = deque(state.get("pending", []))
         if self._pending:
             print(f"MLflow: {len(self._pending)} writes saved by the interrupted driver will be delivered",
@@ -251,7 +256,42 @@ class MlflowCallback(Callback):
         return self._runs.get(trial.trial_id)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self._reconciled and self.flush():
+            self._reconciled = self._end_orphans(trials)
         self.flush()
+
+    def _child_runs(self, status: str = "RUNNING") -> list[Any]:
+        return self.client.search_runs(
+            [self._experiment_id()],
+            f"tags.`mlflow.parentRunId` = '{self.parent_id}' and attributes.status = '{status}'")
+
+    def _end_orphans(self, trials: list) -> bool:
+        """A driver killed after a trial's run was created but before Ray saved that trial leaves a run
+        that no restored trial continues (Ray may even run its configuration again as a new trial): end
+        each such run ``KILLED``, outcome ``interrupted``, naming the trial that re-ran its configuration.
+        True once done (False: MLflow did not answer; tried again at the next step)."""
+        known = {t.trial_id for t in trials}
+        try:
+            orphans = [r for r in self._child_runs() if r.data.tags.get(TRIAL_TAG) not in known]
+            for run in orphans:
+                tags = {OUTCOME_TAG: "interrupted", "egosearch.interrupted": "the driver was killed before Ray "
+                        "saved this trial; the resumed search does not continue it"}
+                rerun = [t.trial_id for t in trials if self._params_of(t) == run.data.params]
+                if rerun:
+                    tags["egosearch.rerun_as"] = ",".join(rerun)
+                self.client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+                self.client.set_terminated(run.info.run_id, "KILLED", end_time=now_ms())
+                print(f"MLflow: run {run.info.run_id} of trial {run.data.tags.get(TRIAL_TAG)} ended as interrupted"
+                      + (f" (its configuration re-ran as trial {', '.join(rerun)})" if rerun else ""), flush=True)
+        except Exception as e:  # noqa: BLE001 - never stops the search; tried again at the next step
+            self._mark_down(e)
+            return False
+        return True
+
+    def _params_of(self, trial: Any) -> dict[str, str]:
+        """The params :meth:`_create` logs for this trial's configuration."""
+        cfg = trial_config(self.space, dict(trial.config), self.extra)
+        return {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in flatten(cfg.to_dict()).items()}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ensure_run(trial)
@@ -314,10 +354,22 @@ class MlflowCallback(Callback):
         while not self.flush(force=True) and time.monotonic() < deadline:
             time.sleep(min(self._delay, max(0.0, deadline - time.monotonic())))
         note_undelivered(self.parent_id, len(self._pending))
+        if not self._pending:
+            self._end_still_running()
         if self._pending:
             print(f"error: MLflow {self.tracking_uri} is still unreachable: {len(self._pending)} writes are kept in "
                   "the search's saved state; rerun the same command with --resume once the server is back",
                   file=sys.stderr, flush=True)
+
+    def _end_still_running(self) -> None:
+        """No child run stays RUNNING after a search ends: one whose end was never delivered (a driver
+        killed between Ray saving the trial's end and MLflow hearing of it) ends KILLED, interrupted."""
+        try:
+            for run in self._child_runs():
+                self.client.set_tag(run.info.run_id, OUTCOME_TAG, "interrupted")
+                self.client.set_terminated(run.info.run_id, "KILLED", end_time=now_ms())
+        except Exception as e:  # noqa: BLE001 - the search's results are already safe in Ray's storage
+            print(f"warning: MLflow: could not end the runs still marked running: {one_line(e)}", file=sys.stderr)
 
     def _log_final_artifacts(self, rid: str, ckpt: Any) -> None:
         """Every file of the trial's final checkpoint folder: ``*.pt`` under ``checkpoint/``,
