@@ -32,7 +32,7 @@ SIZES = {"320x240": (320, 240), "short side 256": (456, 256)}
 # 100 hours, about 20 M frames; EGTEA Gaze+ is 28 hours at 24 fps. GTEA61's frame count is not known to
 # us: per 100,000 frames instead.
 DATASET_FRAMES = {"GTEA61 (per 100k frames)": 100_000, "EGTEA Gaze+": 28 * 3600 * 24, "EPIC-Kitchens-100": 20_000_000}
-CPUS = {"one 16-core node": 16, "cluster.yaml (8-CPU head + 4 workers x 4 CPUs)": 24}
+CPUS = {"one 16-core node": 16, "cluster.yaml (8-CPU head + 4 workers x 8 CPUs)": 40}
 
 
 def speed(pairs: int = 8) -> dict[str, float]:
