@@ -34,8 +34,10 @@ QUIET_TUNE = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_GLOBAL_CHECKPOINT
 # and a trial's reports come back to the driver in one call instead of one call each. The driver still
 # decides on every report in order (scheduler, searcher, callbacks) and drops those after a stop, so the
 # search is the same. (Ray 2.60 passes these two as the buffer's time and length the other way round:
-# equal values make the order moot.)
-REPLAY_TUNE = {**QUIET_TUNE, "TUNE_RESULT_BUFFER_LENGTH": "16", "TUNE_RESULT_BUFFER_MIN_TIME_S": "16"}
+# equal values make the order moot.) The classic reporter at verbose 0 prints nothing (the new one still
+# prints each experiment's table).
+REPLAY_TUNE = {**QUIET_TUNE, "TUNE_RESULT_BUFFER_LENGTH": "16", "TUNE_RESULT_BUFFER_MIN_TIME_S": "16",
+               "RAY_AIR_NEW_OUTPUT": "0"}
 
 
 @dataclass(frozen=True)
