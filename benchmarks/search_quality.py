@@ -3,8 +3,10 @@ compute spent, by replaying recorded learning curves (``benchmarks/replay.py``).
 
 Recording (once, cached in ``--table``): a 4 x 2 x 4 x 2 = 64-configuration grid of the ablation at smoke
 scale (alpha and the stage-2 rate act from stage 2, the insertion point and the stage-3 rate in stage 3)
-on the synthetic set, each trained with 2 training seeds through a local stage store (shared stage
-prefixes computed once). Its wall time is reported. Replay: random + FIFO, TPE + FIFO, TPE + ASHA as
+on a synthetic set with 66 validation clips (``DATA``, ``RECORD_BASE``), each trained with 2 training seeds
+through a local stage store (shared stage prefixes computed once), by one process per core (spawned: a
+script that calls :func:`record` needs an ``if __name__ == "__main__"`` guard). Its wall time is reported.
+Replay: random + FIFO, TPE + FIFO, TPE + ASHA as
 Ray's defaults wire them, and ours, ``--seeds`` searches each at 10, 25 and 50 % of B (every grid
 configuration trained fully, nothing shared); simple regret on the seed not tuned on.
 """
