@@ -4,6 +4,10 @@ seed (every strategy replayed: slow), and the two verdicts as defined."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -20,6 +24,20 @@ def tiny_table() -> Table:
         table.curves[seed] = {table.key(c): np.cumsum(rng.uniform(0, 0.1, 7)).round(4).tolist()
                               for c in table.configs()}
     return table
+
+
+@contextlib.contextmanager
+def local_ray() -> Iterator[None]:
+    """A one-CPU local Ray for the replays, its session folder removed afterwards."""
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    session = ray._private.worker._global_node.get_session_dir_path()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(session, ignore_errors=True)
 
 
 def test_cost_counts_shared_stages_once():
@@ -63,15 +81,10 @@ def test_each_strategy_is_wired_as_it_says(tmp_path):
 
 
 def test_a_replayed_search_is_the_same_for_a_seed(tmp_path):
-    import ray
-
     table = tiny_table()
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray():
         first, again = (replay(table, 1, [0.25, 0.5], tmp_path / d, progress=False, strategies=("ours",))
                         for d in "ab")
-    finally:
-        ray.shutdown()
     assert again["table"] == first["table"] and first["full_budget_stage_epochs"] == 28
     for f in ("0.25", "0.5"):
         assert 0 <= first["table"]["ours"][f]["median"] <= regret(table, None)
@@ -79,14 +92,9 @@ def test_a_replayed_search_is_the_same_for_a_seed(tmp_path):
 
 @pytest.mark.slow
 def test_every_strategy_replays_through_ray_tune(tmp_path):
-    import ray
-
     table = tiny_table()
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray():
         out = replay(table, 2, [0.25, 0.5], tmp_path, progress=False)
-    finally:
-        ray.shutdown()
     assert set(out["table"]) == set(STRATEGIES) and out["seeds"] == 2
     for by in out["table"].values():
         for f in ("0.25", "0.5"):
