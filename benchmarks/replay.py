@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import statistics
 from dataclasses import dataclass
@@ -30,6 +31,13 @@ METRIC = "val_top1"
 # a replayed trial takes milliseconds: without Ray Tune's per-trial result files and its frequent experiment
 # snapshots a replayed search runs about 5x faster (measured here: 14 s -> 3 s for a 5-trial search)
 QUIET_TUNE = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
+# and a trial's reports come back to the driver in one call instead of one call each. The driver still
+# decides on every report in order (scheduler, searcher, callbacks) and drops those after a stop, so the
+# search is the same. (Ray 2.60 passes these two as the buffer's time and length the other way round:
+# equal values make the order moot.) The classic reporter at verbose 0 prints nothing (the new one still
+# prints each experiment's table).
+REPLAY_TUNE = {**QUIET_TUNE, "TUNE_RESULT_BUFFER_LENGTH": "16", "TUNE_RESULT_BUFFER_MIN_TIME_S": "16",
+               "RAY_AIR_NEW_OUTPUT": "0"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,10 @@ class Ledger:
     def finish(self, config: dict[str, Any], score: float) -> None:
         self.finished.append((self.spent, score, config))
 
+    def exhausted(self) -> bool:
+        """Every configuration has finished: what the search returns can no longer change."""
+        return len({self.table.key(c) for _, _, c in self.finished}) == len(self.table.configs())
+
     def incumbent(self, budget: float) -> dict[str, Any] | None:
         done = [(s, c) for spent, s, c in self.finished if spent <= budget]
         return max(done, key=lambda sc: sc[0])[1] if done else None
@@ -142,7 +154,7 @@ def _callbacks(ledger: Ledger) -> tuple[Any, Any]:
             return False
 
         def stop_all(self) -> bool:
-            return ledger.spent >= ledger.budget
+            return ledger.spent >= ledger.budget or ledger.exhausted()
 
     return Count(), OverBudget()
 
@@ -173,24 +185,41 @@ def strategy(name: str, space: Any, table: Table, seed: int) -> tuple[Any, Any]:
 
 
 def run_search(name: str, space: Any, table: Table, seed: int, budget: float, storage: Path) -> Ledger:
-    """One search of strategy ``name`` (Ray must be up), stopped once it has spent ``budget``."""
+    """One search of strategy ``name`` (Ray must be up): as many trials as the grid has configurations (the
+    replayed space's ``num_samples``), stopped once it has spent ``budget`` or every configuration has
+    finished. A configuration proposed again costs nothing (the store has all its stages), so a search that
+    keeps proposing what it has seen ends by its trial count, not by its budget."""
     import optuna
     from ray import tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for k, v in QUIET_TUNE.items():
-        os.environ.setdefault(k, v)
+    # the result grid Tuner.fit returns reads per-trial files that were never written; the ledger holds the results
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     ledger = Ledger(table, budget)
     count, stop = _callbacks(ledger)
     search_alg, scheduler = strategy(name, space, table, seed)
+    tune_seed = sorted(table.curves)[0]
+
+    def trial(config: dict[str, Any]) -> None:  # the table travels inside the function (kilobytes), not as
+        replay_trial(config, table, tune_seed)  # an object-store reference that each trial fetches again
+
     tuner = tune.Tuner(
-        tune.with_parameters(replay_trial, table=table, seed=sorted(table.curves)[0]),
+        trial,
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, metric=METRIC, mode="max",
-                                    num_samples=4 * len(table.configs()), reuse_actors=True),
+                                    num_samples=space.num_samples, reuse_actors=True),
         run_config=tune.RunConfig(name=f"{name}-{seed}", storage_path=str(storage), stop=stop, callbacks=[count],
                                   verbose=0),
     )
-    tuner.fit()
+    saved = {k: os.environ.get(k) for k in REPLAY_TUNE}
+    os.environ.update(REPLAY_TUNE)  # read when fit() builds its controller; put back after, for other Tuners
+    try:
+        tuner.fit()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return ledger
 
 
@@ -240,3 +269,4 @@ def replay(table: Table, seeds: int, fractions: list[float], work: Path, progres
                     regrets[name][f].append(regret(table, ledger.incumbent(f * full)))
                 bar.update(1)
     return {"full_budget_stage_epochs": full, "budgets": fractions, "seeds": seeds, **summarise(regrets)}
+

@@ -3,8 +3,10 @@ compute spent, by replaying recorded learning curves (``benchmarks/replay.py``).
 
 Recording (once, cached in ``--table``): a 4 x 2 x 4 x 2 = 64-configuration grid of the ablation at smoke
 scale (alpha and the stage-2 rate act from stage 2, the insertion point and the stage-3 rate in stage 3)
-on the synthetic set, each trained with 2 training seeds through a local stage store (shared stage
-prefixes computed once). Its wall time is reported. Replay: random + FIFO, TPE + FIFO, TPE + ASHA as
+on a synthetic set with 66 validation clips (``DATA``, ``RECORD_BASE``), each trained with 2 training seeds
+through a local stage store (shared stage prefixes computed once), by one process per core (spawned: a
+script that calls :func:`record` needs an ``if __name__ == "__main__"`` guard). Its wall time is reported.
+Replay: random + FIFO, TPE + FIFO, TPE + ASHA as
 Ray's defaults wire them, and ours, ``--seeds`` searches each at 10, 25 and 50 % of B (every grid
 configuration trained fully, nothing shared); simple regret on the seed not tuned on.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -31,6 +34,11 @@ GRID = {
     "train.stage3.lr": [1.0e-4, 1.0e-3],
 }
 FRACTIONS = [0.1, 0.25, 0.5]
+# the recording's synthetic set: 4 classes x 12 clips for each of 4 users; S2 is the test user, and half of the
+# other 132 clips (class-stratified) validate, so a value moves in steps of 1/66 instead of 1/7
+DATA = {"classes": 4, "clips_per_class": 12, "frames": 8, "size": (40, 34), "seed": 0}
+# on top of the smoke space's settings: 32-pixel crops (a quarter of the smoke space's compute per clip)
+RECORD_BASE = {"data.image_size": 32, "data.val_fraction": 0.5}
 
 
 def smoke_base() -> dict[str, Any]:
@@ -42,25 +50,24 @@ def smoke_base() -> dict[str, Any]:
 
 
 def record(path: Path, data: Path, seeds: tuple[int, ...] = (0, 1), grid: dict[str, list[Any]] | None = None,
-           progress: bool = True) -> Table:
+           progress: bool = True, jobs: int | None = None) -> Table:
     """Train every grid configuration with each seed (stage prefixes shared through a stage store) and
-    write the table, with the wall time it took, to ``path``.
+    write the table, with the wall time it took, to ``path``. ``jobs`` training processes (default: one per
+    core, each with one thread) take configurations in grid order, the seeds interleaved.
 
     An interrupted recording resumes: the curves recorded so far are kept in ``<path stem>.partial.json``
     after every configuration and the stage store in ``<path stem>_store/`` beside it (both removed once
-    the table is written)."""
-    import shutil
+    the table is written). The store keeps the shared stages only: the last stage is never shared."""
+    import multiprocessing
 
     from tqdm import tqdm
 
     from egomodel.config import from_dict
-    from egomodel.training.engine import train
     from egomodel.training.stage_keys import first_stage_reading
     from egomodel.training.stages import stage_plan
-    from tuning.execution.stage_store import StageStore
 
     grid = grid or GRID
-    base = {**smoke_base(), "data.root": str(data)}
+    base = {**smoke_base(), **RECORD_BASE, "data.root": str(data)}
     plan = stage_plan(base["model.variant"], from_dict({}, base).train)
     table = Table(grid, [s.epochs for s in plan], {k: first_stage_reading(k, [s.number for s in plan]) for k in grid},
                   {}, base)
@@ -69,32 +76,90 @@ def record(path: Path, data: Path, seeds: tuple[int, ...] = (0, 1), grid: dict[s
     spent = 0.0
     if partial.exists():
         saved = json.loads(partial.read_text())
-        if saved["params"] == grid:
+        if saved["params"] == grid and _setting(saved["base"]) == _setting(base):
             table.curves.update(saved["curves"])
             spent = saved["record_wall_s"]
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    store = StageStore(str(store_dir.resolve()))
     configs = table.configs()
-    todo = [(seed, i, c) for seed in seeds for i, c in enumerate(configs)
+    todo = [(seed, i, c) for i, c in enumerate(configs) for seed in seeds
             if table.key(c) not in table.curves.get(str(seed), {})]
-    with tempfile.TemporaryDirectory(prefix="egoquality-") as tmp, \
-            tqdm(total=len(seeds) * len(configs), initial=len(seeds) * len(configs) - len(todo),
-                 desc="recording curves", disable=not progress) as bar:
-        for seed, i, config in todo:
-            cfg = from_dict({}, {**base, **config, "train.seed": seed})
-            out = train(cfg, Path(tmp) / f"run{seed}-{i}", evaluate_test=False, progress=False, store=store,
-                        owner=f"record {seed}-{i}")
-            shutil.rmtree(Path(tmp) / f"run{seed}-{i}", ignore_errors=True)
-            rows = sorted(out["history"], key=lambda h: h["global_epoch"])
-            table.curves.setdefault(str(seed), {})[table.key(config)] = [float(h["val_top1"]) for h in rows]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
+    with tempfile.TemporaryDirectory(prefix="egoquality-", dir=_scratch()) as tmp, \
+            multiprocessing.get_context("spawn").Pool(jobs, _worker_init, (str(store_dir.resolve()), tmp, jobs)) \
+            as pool, tqdm(total=len(seeds) * len(configs), initial=len(seeds) * len(configs) - len(todo),
+                          desc="recording curves", disable=not progress) as bar:
+        args = [(base, seed, i, c, plan[-1].number) for seed, i, c in todo]
+        for seed, config, curve in pool.imap_unordered(_record_one, args):
+            table.curves.setdefault(str(seed), {})[table.key(config)] = curve
             _write(partial, {**table.to_json(), "record_wall_s": spent + time.perf_counter() - started})
             bar.update(1)
-    _write(path, {**table.to_json(), "record_wall_s": spent + time.perf_counter() - started,
-                  "recorded": date.today().isoformat()})
+    _write(path, {**table.to_json(), "record_wall_s": spent + time.perf_counter() - started, "record_jobs": jobs,
+                  "data": DATA, "recorded": date.today().isoformat()})
     partial.unlink(missing_ok=True)
     shutil.rmtree(store_dir, ignore_errors=True)
     return table
+
+
+def _setting(base: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in base.items() if k != "data.root"}  # the data set is regenerated in a temporary folder
+
+
+def _scratch() -> str | None:
+    """Where the recording's runs write their checkpoints: memory when the machine has a tmpfs."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+class _SharedStagesOnly:
+    """The stage store, for every stage but the last one (whose result no other configuration reuses)."""
+
+    def __init__(self, store: Any, last: int) -> None:
+        self.store, self.last = store, last
+
+    def get_or_claim(self, key: str, owner: str) -> Path | None:
+        return self.store.get_or_claim(key, owner)
+
+    def put(self, key: str, payload: dict[str, Any]) -> None:
+        if payload["rows"] and payload["rows"][0]["stage"] == self.last:
+            self.store.release(key)
+            shutil.rmtree(Path(self.store.root) / key, ignore_errors=True)  # its lease file
+        else:
+            self.store.put(key, payload)
+
+    def release(self, key: str) -> None:
+        self.store.release(key)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(store_dir: str, tmp: str, jobs: int) -> None:
+    import torch
+
+    from tuning.execution.stage_store import StageStore
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    # one machine, processes that never crash silently: no settle time, short polls, no chatter
+    _WORKER.update(store=StageStore(store_dir, settle_seconds=0.0, poll_seconds=0.2, log=lambda *a: None), tmp=tmp)
+
+
+def _record_one(args: tuple[dict[str, Any], int, int, dict[str, Any], int]) -> tuple[int, dict[str, Any], list[float]]:
+    """One configuration and seed trained (in a recording process): its validation top-1 after every epoch."""
+    import contextlib
+
+    from egomodel.config import from_dict
+    from egomodel.training.engine import train
+
+    base, seed, i, config, stages = args
+    out_dir = Path(_WORKER["tmp"]) / f"run{seed}-{i}"
+    try:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the engine's per-epoch lines
+            out = train(from_dict({}, {**base, **config, "train.seed": seed}), out_dir, evaluate_test=False,
+                        progress=False, store=_SharedStagesOnly(_WORKER["store"], stages), owner=f"record {seed}-{i}")
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    rows = sorted(out["history"], key=lambda h: h["global_epoch"])
+    return seed, config, [float(h["val_top1"]) for h in rows]
 
 
 def _write(path: Path, obj: dict[str, Any]) -> None:
@@ -133,7 +198,7 @@ def measure(table_path: Path, seeds: int, progress: bool = True) -> dict[str, An
         from egomodel.data.synthetic import generate
 
         with tempfile.TemporaryDirectory(prefix="egoquality-data-") as d:
-            data = generate(Path(d), classes=4, clips_per_class=3, frames=8, size=(48, 40), seed=0)
+            data = generate(Path(d), **DATA)
             table = record(table_path, data, progress=progress)
         record_s, cached = json.loads(table_path.read_text())["record_wall_s"], False
     started = time.perf_counter()
