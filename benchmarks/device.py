@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -220,9 +221,13 @@ def main(argv: list[str] | None = None) -> int:
             device_clips.PREFETCH_CUDA = default
         return {**res, **{k.replace("device_clips_training", "device_clips_inline"): v for k, v in inline.items()}}
 
-    for name, fn in (("step", step), ("memory", memory), ("gates", gates), ("data", data),
-                     ("device_clips", on_device), ("compile", compiled)):
-        section(name, fn)
+    try:
+        for name, fn in (("step", step), ("memory", memory), ("gates", gates), ("data", data),
+                         ("device_clips", on_device), ("compile", compiled)):
+            section(name, fn)
+    finally:  # the synthetic clips, packed caches and short runs: close to 1 GB even in tiny mode
+        if synthetic:
+            shutil.rmtree(synthetic["tmp"], ignore_errors=True)
     width = max(len(k) for k in out)
     for k, v in out.items():
         print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
