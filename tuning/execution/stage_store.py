@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tempfile
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ class StageStore:
         self.token = uuid.uuid4().hex[:8]
         self._beats: dict[str, threading.Event] = {}
         self._cache = Path(tempfile.mkdtemp(prefix="stage-store-"))
+        weakref.finalize(self, shutil.rmtree, self._cache, True)  # the local copies go with the store object
 
     # ------------------------------------------------------------------ files
     def _path(self, key: str, name: str) -> str:
