@@ -17,13 +17,14 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tuning.tracking.mlflow_runs import environ
 
 SMOKE_BASE_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 STRATEGIES = ("random_fifo", "tpe_fifo", "tpe_asha_default", "ours")
@@ -210,16 +211,8 @@ def run_search(name: str, space: Any, table: Table, seed: int, budget: float, st
         run_config=tune.RunConfig(name=f"{name}-{seed}", storage_path=str(storage), stop=stop, callbacks=[count],
                                   verbose=0),
     )
-    saved = {k: os.environ.get(k) for k in REPLAY_TUNE}
-    os.environ.update(REPLAY_TUNE)  # read when fit() builds its controller; put back after, for other Tuners
-    try:
+    with environ(REPLAY_TUNE):  # read when fit() builds its controller; put back after, for other Tuners
         tuner.fit()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return ledger
 
 

@@ -42,11 +42,10 @@ def git_revision() -> str:
 
 
 @contextlib.contextmanager
-def quick_http(timeout: int = 10) -> Iterator[None]:
-    """MLflow's HTTP client fails at once instead of retrying with back-off for minutes."""
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
-    saved = {k: os.environ.get(k) for k in quick}
-    os.environ.update(quick)
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, then put back what was there (or nothing)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -55,6 +54,13 @@ def quick_http(timeout: int = 10) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def quick_http(timeout: int = 10) -> Iterator[None]:
+    """MLflow's HTTP client fails at once instead of retrying with back-off for minutes."""
+    with environ({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}):
+        yield
 
 
 def check_reachable(uri: str) -> MlflowClient:
