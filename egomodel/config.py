@@ -18,6 +18,7 @@ import yaml
 RGB_VARIANTS = ("convlstm", "attention", "ms", "feedback")  # Ego-RNN's RGB stream and the paper's rows
 VARIANTS = RGB_VARIANTS + ("flow", "two_stream")  # + Ego-RNN's temporal-warp flow stream and the joint model
 MS_TASKS = ("classification", "regression_mse", "regression_l1")
+BACKBONES = ("resnet34", "resnet18")  # egomodel.model.backbone.BACKBONES builds them
 INSERTION_POINTS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 BACKBONE_BLOCKS = ("conv1", "layer1", "layer2", "layer3", "layer4", "fc")
 BLOCKS = BACKBONE_BLOCKS + ("convlstm", "classifier", "ms_head", "feedback", "flow_layer4")
@@ -57,6 +58,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     variant: str = "feedback"
+    backbone: str = "resnet34"  # the paper's; "resnet18": same widths, half the FLOPs and parameters
     pretrained: str = "imagenet"  # "imagenet" (torchvision cache), "none", or a .pth path
     hidden: int = 512
     dropout: float = 0.7
@@ -229,6 +231,7 @@ def validate(cfg: Config) -> Config:
     """Range and choice checks; raises :class:`ConfigError` naming the key."""
     m, d, t = cfg.model, cfg.data, cfg.train
     _check_choice("model.variant", m.variant, VARIANTS)
+    _check_choice("model.backbone", m.backbone, BACKBONES)
     _check_choice("model.ms_task", m.ms_task, MS_TASKS)
     _check_choice("model.insertion", m.insertion, INSERTION_POINTS)
     _check_choice("train.device", t.device, DEVICES)

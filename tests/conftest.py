@@ -27,7 +27,11 @@ from tuning.space import SPACES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tests of the platform (not of learning) run the half-size backbone: the same code paths, half the
+# compute and half the bytes per checkpoint. The learning tests set the paper's ResNet-34 themselves.
+TEST_BACKBONE = {"model.backbone": "resnet18"}
 TINY = {
+    **TEST_BACKBONE,
     "model.pretrained": "none",
     "model.hidden": 32,
     "data.image_size": 64,
@@ -36,6 +40,14 @@ TINY = {
     "train.epochs_scale": 0.005,
     "train.eval_batch_size": 16,
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n 2 --dist loadgroup``), every test that reads the shared smoke search runs
+    on one worker, so the session's one search is not run once per worker."""
+    for item in items:
+        if "smoke_search" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smoke_search"))
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +65,7 @@ def write_space(tmp: Path, **changes: object) -> Path:
     """``smoke.yaml`` as ``test_space``, with ``changes`` applied to its top-level keys."""
     space = yaml.safe_load((SPACES_DIR / "smoke.yaml").read_text())
     space["base"]["train.eval_batch_size"] = 32
+    space["base"].update(TEST_BACKBONE)
     space["name"] = "test_space"
     space.update(changes)
     path = tmp / "test_space.yaml"

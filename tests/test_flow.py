@@ -17,7 +17,7 @@ from egomodel.data.synthetic import generate
 from egomodel.data.transforms import View
 from egomodel.model import FlowNet, TwoStream, build_model
 from egomodel.model.backbone import imagenet_weights_path
-from egomodel.model.flow import flow_resnet34
+from egomodel.model.flow import flow_resnet
 from egomodel.training.engine import train
 from egomodel.training.losses import total_loss
 from egomodel.training.stages import apply_stage, stage_plan
@@ -81,12 +81,12 @@ def test_wrong_flow_shapes_are_clear_errors():
 def test_pretrained_conv1_is_the_rgb_mean_repeated(tmp_path, monkeypatch):
     path = tmp_path / "r34.pth"
     torch.manual_seed(0)
-    rgb = flow_resnet34("none", 3)  # any weights saved as a ResNet-34 state dict stand in for ImageNet's
+    rgb = flow_resnet("none", 3)  # any weights saved as a ResNet-34 state dict stand in for ImageNet's
     from torchvision.models import resnet34
 
     ref = resnet34(weights=None)
     torch.save(ref.state_dict(), path)
-    net = flow_resnet34(str(path), 10)
+    net = flow_resnet(str(path), 10)
     want = ref.conv1.weight.mean(dim=1, keepdim=True).expand(-1, 10, -1, -1)
     assert torch.allclose(net.conv1.weight, want)
     assert rgb.conv1.in_channels == 3 and net.conv1.in_channels == 10
@@ -187,7 +187,8 @@ def test_two_stream_trains_from_stream_checkpoints(tmp_path, tiny_root):
 # of 3-6 after a few epochs), and BN statistics recomputed after each epoch (without, eval mode
 # predicted one class for every clip while train mode had 0.8 top-1).
 FLOW_SETTING = {
-    "model.variant": "flow", "model.pretrained": "none", "model.dropout": 0.0, "data.image_size": 32,
+    "model.variant": "flow", "model.backbone": "resnet34", "model.pretrained": "none", "model.dropout": 0.0,
+    "data.image_size": 32,
     "data.frames": 2, "data.num_workers": 0, "train.device": "cpu", "train.precision": "fp32",
     "train.precise_bn": True, "train.flow.optimizer": "adam", "train.flow.lr": 3e-4, "train.flow.epochs": 10,
     "train.flow.milestones": [], "train.flow.batch_size": 8,

@@ -47,6 +47,7 @@ VAL_MIN = 2 * CHANCE
 DATA = {"classes": CLASSES, "clips_per_class": 6, "frames": 6, "size": (64, 64), "seed": 1, "users": 4}  # run t = 0
 OVERRIDES = {
     "model.variant": "feedback",
+    "model.backbone": "resnet34",  # the paper's (the sweep in the docstring ran on it)
     "model.pretrained": "none",
     "model.hidden": 64,
     "model.dropout": 0.0,

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from egomodel.config import RGB_VARIANTS as VARIANTS
-from egomodel.config import ModelConfig, TrainConfig
+from egomodel.config import ConfigError, ModelConfig, TrainConfig, from_dict
 from egomodel.model import EgoRNN
-from egomodel.model.backbone import WeightsError, build_resnet34
+from egomodel.model.backbone import BACKBONES, WeightsError, build_resnet
 from egomodel.training.losses import total_loss
 from egomodel.training.stages import apply_stage, stage_plan
 
@@ -150,16 +150,43 @@ def test_frame_t_is_modulated_by_frame_t_minus_1_only():
 def test_missing_imagenet_weights_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(WeightsError, match="model.pretrained=none"):
-        build_resnet34("imagenet")
+        build_resnet("imagenet")
+    with pytest.raises(WeightsError, match="resnet18-.*pth"):  # the file of the backbone asked for
+        build_resnet("imagenet", "resnet18")
     with pytest.raises(WeightsError, match="nope.pth"):
-        build_resnet34(str(tmp_path / "nope.pth"))
+        build_resnet(str(tmp_path / "nope.pth"))
 
 
 def test_weights_from_a_path(tmp_path):
-    net = build_resnet34("none")
+    net = build_resnet("none")
     torch.save(net.state_dict(), tmp_path / "r34.pth")
-    loaded = build_resnet34(str(tmp_path / "r34.pth"))
+    loaded = build_resnet(str(tmp_path / "r34.pth"))
     assert torch.equal(loaded.conv1.weight, net.conv1.weight)
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # ResNet-34 weights do not fit ResNet-18
+        build_resnet(str(tmp_path / "r34.pth"), "resnet18")
+
+
+@pytest.mark.parametrize("variant", ["feedback", "two_stream"])
+def test_resnet18_backbone_same_outputs_half_the_weights(variant):
+    """``model.backbone: resnet18``: every head fits (same widths), with about half the parameters."""
+    from egomodel.config import BACKBONES as NAMES
+    from egomodel.model import build_model
+
+    assert set(NAMES) == set(BACKBONES)
+    sizes, shapes = {}, {}
+    for name in NAMES:
+        cfg = from_dict({}, {"model.variant": variant, "model.backbone": name, "model.pretrained": "none",
+                             "model.hidden": 16, "data.image_size": 64, "data.frames": 2, "data.flow_stack": 2})
+        model = build_model(cfg, 5).eval()
+        inputs = {"frames": torch.randn(1, 2, 3, 64, 64), "flow": torch.randn(1, 4, 64, 64)}
+        with torch.no_grad():
+            out = model(**{k: inputs[k] for k in model.input_keys})
+        shapes[name] = tuple(out.logits.shape)
+        sizes[name] = sum(p.numel() for p in model.parameters())
+    assert shapes["resnet18"] == shapes["resnet34"] == (1, 5)
+    assert 0.4 < sizes["resnet18"] / sizes["resnet34"] < 0.6, sizes
+    with pytest.raises(ConfigError, match="model.backbone"):
+        from_dict({}, {"model.backbone": "resnet50"})
 
 
 def test_convlstm_fused_and_separate_gates_agree_and_share_parameters():

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import client_of, env, search_cmd
+from tests.conftest import TEST_BACKBONE, client_of, env, search_cmd
 from tuning.report import PAPER, main
 from tuning.space import SPACES_DIR, load_space
 
 TINY_BASE = {
     "model.pretrained": "none", "model.hidden": 16, "data.image_size": 64, "data.frames": 3,
     "data.num_workers": 0, "data.flow_stack": 3, "data.flow_segments": 2, "train.epochs_scale": 0.005,
-    "train.eval_batch_size": 32,
+    "train.eval_batch_size": 32, **TEST_BACKBONE,
 }
 
 

@@ -13,7 +13,7 @@ def build_model(cfg: Config, num_classes: int) -> StagedModel:
     """The network of ``cfg.model.variant`` (weights: ``cfg.model.pretrained``)."""
     m, d = cfg.model, cfg.data
     if m.variant == "flow":
-        return FlowNet(m.pretrained, num_classes, d.flow_stack, m.dropout, d.image_size)
+        return FlowNet(m.pretrained, num_classes, d.flow_stack, m.dropout, d.image_size, m.backbone)
     if m.variant == "two_stream":
         return TwoStream(m, num_classes, d.image_size, d.flow_stack)
     return EgoRNN(m, num_classes, d.image_size)

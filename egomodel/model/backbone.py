@@ -1,5 +1,6 @@
-"""ResNet-34 backbone: weight loading without network access, and a forward that exposes
-the features the rest of the model needs (docs/design.md §4)."""
+"""The ResNet backbone (ResNet-34 as in the paper; ResNet-18, same widths, for half the FLOPs): weight
+loading without network access, and a forward that exposes the features the rest of the model needs
+(docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -9,33 +10,40 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import ResNet, ResNet34_Weights, resnet34
+from torchvision.models import ResNet, ResNet18_Weights, ResNet34_Weights, resnet18, resnet34
 
-IMAGENET_URL = ResNet34_Weights.IMAGENET1K_V1.url
+# model.backbone -> (constructor, ImageNet weights); both are BasicBlock ResNets with the same widths
+BACKBONES: dict[str, tuple[Callable[..., ResNet], str]] = {
+    "resnet34": (resnet34, ResNet34_Weights.IMAGENET1K_V1.url),
+    "resnet18": (resnet18, ResNet18_Weights.IMAGENET1K_V1.url),
+}
+IMAGENET_URL = BACKBONES["resnet34"][1]
 
 
 class WeightsError(FileNotFoundError):
     """ImageNet weights were asked for but are not on disk."""
 
 
-def imagenet_weights_path() -> Path:
-    """Where torchvision keeps the ResNet-34 ImageNet file once downloaded."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_URL).name
+def imagenet_weights_path(backbone: str = "resnet34") -> Path:
+    """Where torchvision keeps the backbone's ImageNet file once downloaded."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(BACKBONES[backbone][1]).name
 
 
-def build_resnet34(pretrained: str) -> ResNet:
-    """``pretrained`` is "imagenet" (torchvision cache), "none" (random) or a path to a state dict.
+def build_resnet(pretrained: str, backbone: str = "resnet34") -> ResNet:
+    """``pretrained`` is "imagenet" (torchvision cache), "none" (random) or a path to a state dict;
+    ``backbone`` a key of :data:`BACKBONES`.
 
     Never downloads: a missing file is an error that says how to provide the weights.
     """
-    net = resnet34(weights=None)
+    make, url = BACKBONES[backbone]
+    net = make(weights=None)
     if pretrained == "none":
         return net
-    path = imagenet_weights_path() if pretrained == "imagenet" else Path(pretrained)
+    path = imagenet_weights_path(backbone) if pretrained == "imagenet" else Path(pretrained)
     if not path.is_file():
         raise WeightsError(
-            f"ResNet-34 ImageNet weights not found at {path}. Copy {Path(IMAGENET_URL).name} "
-            f"(from {IMAGENET_URL}) there, pass model.pretrained=/path/to/resnet34.pth, "
+            f"{backbone} ImageNet weights not found at {path}. Copy {Path(url).name} "
+            f"(from {url}) there, pass model.pretrained=/path/to/{backbone}.pth, "
             "or train from scratch with model.pretrained=none."
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -49,7 +57,7 @@ Modulate = Callable[[str, torch.Tensor], torch.Tensor]
 def backbone_features(
     net: ResNet, x: torch.Tensor, modulate: Modulate | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ResNet-34 up to layer 4.
+    """Run the ResNet up to layer 4.
 
     Returns the normal layer-4 output (BN + ReLU) and Ego-RNN's "no-BN" features of the last
     block: its ``conv2`` output plus the residual, without ``bn2`` and the final ReLU.

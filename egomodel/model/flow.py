@@ -1,4 +1,4 @@
-"""Ego-RNN's temporal-warp flow stream: ResNet-34 over ``stack`` stacked flow x/y frames."""
+"""Ego-RNN's temporal-warp flow stream: the ResNet (ResNet-34 in the paper) over ``stack`` stacked flow x/y frames."""
 
 from __future__ import annotations
 
@@ -6,18 +6,18 @@ import torch
 from torch import nn
 from torchvision.models import ResNet
 
-from egomodel.model.backbone import build_resnet34, resnet_blocks
+from egomodel.model.backbone import build_resnet, resnet_blocks
 from egomodel.model.network import ModelOutput
 from egomodel.model.staged import StagedModel
 
 
-def flow_resnet34(pretrained: str, channels: int) -> ResNet:
-    """ResNet-34 whose conv1 takes ``channels`` flow planes.
+def flow_resnet(pretrained: str, channels: int, backbone: str = "resnet34") -> ResNet:
+    """The ResNet whose conv1 takes ``channels`` flow planes.
 
     With ImageNet weights, conv1's kernel is averaged over its 3 RGB planes and repeated over the
     flow planes (the usual cross-modality initialisation), so each flow plane starts like a grey image.
     """
-    net = build_resnet34(pretrained)
+    net = build_resnet(pretrained, backbone)
     old = net.conv1.weight.detach()  # (64, 3, 7, 7)
     net.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     if pretrained != "none":
@@ -32,11 +32,12 @@ class FlowNet(StagedModel):
 
     input_keys = ("flow",)
 
-    def __init__(self, pretrained: str, num_classes: int, stack: int, dropout: float, image_size: int) -> None:
+    def __init__(self, pretrained: str, num_classes: int, stack: int, dropout: float, image_size: int,
+                 backbone: str = "resnet34") -> None:
         super().__init__()
         self.channels = 2 * stack
         self.image_size = image_size
-        self.backbone = flow_resnet34(pretrained, self.channels)
+        self.backbone = flow_resnet(pretrained, self.channels, backbone)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(512, num_classes))
 
     def block_modules(self) -> dict[str, list[nn.Module]]:

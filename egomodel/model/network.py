@@ -10,7 +10,7 @@ from torch import nn
 
 from egomodel.config import ModelConfig
 from egomodel.model.attention import cam_attention
-from egomodel.model.backbone import POINT_SHAPES, backbone_features, build_resnet34, resnet_blocks
+from egomodel.model.backbone import POINT_SHAPES, backbone_features, build_resnet, resnet_blocks
 from egomodel.model.convlstm import ConvLSTM
 from egomodel.model.feedback import FeedbackBranch
 from egomodel.model.ms_head import MSHead
@@ -33,7 +33,7 @@ class EgoRNN(StagedModel):
         self.insertion = cfg.insertion
         self.image_size = image_size
         self.size = image_size // 32
-        self.backbone = build_resnet34(cfg.pretrained)
+        self.backbone = build_resnet(cfg.pretrained, cfg.backbone)
         self.convlstm = ConvLSTM(512, cfg.hidden)
         self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, num_classes))
         self.ms_head = (

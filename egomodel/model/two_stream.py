@@ -23,7 +23,7 @@ class TwoStream(StagedModel):
         super().__init__()
         rgb_cfg = dataclasses.replace(cfg, variant="attention", pretrained="none")
         self.rgb = EgoRNN(rgb_cfg, num_classes, image_size)
-        self.flow = FlowNet("none", num_classes, flow_stack, cfg.dropout, image_size)
+        self.flow = FlowNet("none", num_classes, flow_stack, cfg.dropout, image_size, cfg.backbone)
         self.classifier = nn.Sequential(nn.Dropout(cfg.fusion_dropout), nn.Linear(cfg.hidden + 512, num_classes))
 
     def load_streams(self, rgb_state: dict[str, torch.Tensor], flow_state: dict[str, torch.Tensor]) -> None:
