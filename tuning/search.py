@@ -223,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ray import tune
 
+    from tuning.execution.leases import start_lease_actor
     from tuning.execution.searcher import make_scheduler, make_searcher
     from tuning.execution.trainable import TrialSetup, run_trial, total_epochs
     from tuning.tracking.callback import MlflowCallback
@@ -265,7 +266,9 @@ def run(args: argparse.Namespace) -> int:
     if args.warm_start:
         client.set_tag(parent_id, WARM_TAG, f"{warm_label}: {len(warm)} trials added, {skipped} skipped")
     store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"
-    setup = TrialSetup(space, data_root, seed, store_uri, storage, marker)
+    # the stage store's leases live in an actor on this node, alive as long as this function runs
+    leases, _lease_actor = start_lease_actor() if store_uri else (None, None)
+    setup = TrialSetup(space, data_root, seed, store_uri, storage, marker, leases)
     resources = trial_resources(space, args.address)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if args.resume:
