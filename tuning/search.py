@@ -21,6 +21,7 @@ from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
 from tuning.execution import storage_check
+from tuning.execution.leases import start_lease_actor
 from tuning.execution.study import (
     STORAGE_TAG,
     STUDY_TAG,
@@ -223,7 +224,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ray import tune
 
-    from tuning.execution.leases import start_lease_actor
     from tuning.execution.searcher import make_scheduler, make_searcher
     from tuning.execution.trainable import TrialSetup, run_trial, total_epochs
     from tuning.tracking.callback import MlflowCallback
