@@ -90,9 +90,9 @@ def test_the_heartbeat_outlives_transient_errors(tmp_path):
             return super().renew(key, token, ttl)
 
     table, logs = Flaky(), []
-    holder = store_on(tmp_path, table, lease_seconds=0.6, log=logs.append)
+    holder = store_on(tmp_path, table, lease_seconds=1.5, log=logs.append)
     assert holder.get_or_claim("k", "holder") is None
-    time.sleep(2.0)  # three failed renewals (0.6 s of them), then good ones: still held
+    time.sleep(3.2)  # three failed renewals (one every 0.5 s), then good ones: still held
     assert table.fails == 0 and sum("could not renew" in m for m in logs) == 3
     assert table.claim("k", "other", "tok", 300) == (False, "holder", "")
     holder.release("k")
