@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,8 +14,8 @@ import torch
 from egomodel.model import checkpoint as ck
 from egomodel.training.engine import train
 from egomodel.training.stage_keys import stage_key
-from tests.conftest import tiny_config
-from tuning.execution.leases import LeaseTable
+from tests.conftest import REPO, tiny_config
+from tuning.execution.leases import FileLocks, LeaseTable
 from tuning.execution.stage_store import StageStore
 
 
@@ -164,6 +166,23 @@ def test_a_corrupted_result_is_detected_and_recomputed(tmp_path):
     store2.put("k", {"state": {}, "computed_by": "c"})  # republished, the corrupt payload gone
     assert [p.name for p in (tmp_path / "k").glob("result-*.pt")] != [blob.name]
     assert torch.load(store.get_or_claim("k", "d"), weights_only=True)["computed_by"] == "c"
+
+
+def test_a_lock_holders_death_frees_the_lease_at_once(tmp_path):
+    """Without Ray (one machine, processes): the lease is an flock, which the kernel drops when its holder
+    dies; the holder's name is shown to the others meanwhile."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from tuning.execution.leases import FileLocks; "
+         "print(FileLocks(sys.argv[1]).claim('k', 'trial p', 'p', 1)[0], flush=True); time.sleep(120)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        locks = FileLocks(str(tmp_path))
+        assert locks.claim("k", "trial q", "q", 1) == (False, "trial p", "")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert locks.claim("k", "trial q", "q", 1) == (True, "trial q", "")
 
 
 def test_a_shared_uri_needs_the_lease_actor():
