@@ -140,7 +140,7 @@ def _worker_init(store_dir: str, tmp: str, jobs: int) -> None:
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
     # one machine, processes that never crash silently: no settle time, short polls, no chatter
-    _WORKER.update(store=StageStore(store_dir, settle_seconds=0.0, poll_seconds=0.2, log=lambda *a: None), tmp=tmp)
+    _WORKER.update(store=StageStore(store_dir, poll_seconds=0.2, log=lambda *a: None), tmp=tmp)
 
 
 def _record_one(args: tuple[dict[str, Any], int, int, dict[str, Any], int]) -> tuple[int, dict[str, Any], list[float]]:

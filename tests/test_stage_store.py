@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from egomodel.model import checkpoint as ck
 from egomodel.training.engine import train
 from egomodel.training.stage_keys import stage_key
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
+from tuning.execution.leases import FileLocks, LeaseTable
 from tuning.execution.stage_store import StageStore
+
+
+def store_on(root, table, lease_seconds=300.0, log=print):
+    """A store whose leases are ``table`` (what the driver's actor holds), in this process."""
+    return StageStore(str(root), lease_seconds=lease_seconds, poll_seconds=0.05, leases=table, log=log)
 
 
 def test_two_concurrent_claims_compute_once(tmp_path):
     computed, got, logs = [], {}, []
 
     def trial(name):
-        store = StageStore(str(tmp_path), poll_seconds=0.05, settle_seconds=0.05, log=logs.append)
+        store = StageStore(str(tmp_path), poll_seconds=0.05, log=logs.append)
         path = store.get_or_claim("k1", name)
         if path is None:
             computed.append(name)
@@ -38,26 +47,28 @@ def test_two_concurrent_claims_compute_once(tmp_path):
 
 
 def test_a_crashed_holders_lease_expires(tmp_path):
-    crashed = StageStore(str(tmp_path), lease_seconds=0.3, settle_seconds=0.01)
+    table = LeaseTable()  # what the driver's actor holds
+    crashed = store_on(tmp_path, table, lease_seconds=0.3)
     assert crashed.get_or_claim("k", "crashed") is None
     crashed._beats.pop("k").set()  # the holder dies: no more heartbeats, no release
     logs = []
-    other = StageStore(str(tmp_path), lease_seconds=0.3, poll_seconds=0.05, settle_seconds=0.01, log=logs.append)
+    other = store_on(tmp_path, table, lease_seconds=0.3, log=logs.append)
     start = time.time()
     assert other.get_or_claim("k", "other") is None  # it takes the lease over once it expired
     assert time.time() - start >= 0.2 and any("expired" in m for m in logs)
 
 
 def test_a_retried_trial_takes_over_its_dead_attempts_lease_at_once(tmp_path):
-    dead = StageStore(str(tmp_path), lease_seconds=300, settle_seconds=0.01)
+    table = LeaseTable()
+    dead = store_on(tmp_path, table)
     assert dead.get_or_claim("k", "trial t1") is None
     dead._beats.pop("k").set()  # the worker was killed: its lease would stand for 300 s
     logs = []
-    retry = StageStore(str(tmp_path), lease_seconds=300, poll_seconds=0.05, settle_seconds=0.01, log=logs.append)
+    retry = store_on(tmp_path, table, log=logs.append)
     start = time.time()
     assert retry.get_or_claim("k", "trial t1") is None  # the same trial, another process: no wait
     assert time.time() - start < 5 and any("failed attempt" in m for m in logs)
-    other = StageStore(str(tmp_path), lease_seconds=300, poll_seconds=0.05, settle_seconds=0.01)
+    other = store_on(tmp_path, table)
     waited = threading.Thread(target=other.get_or_claim, args=("k", "trial t2"), daemon=True)
     waited.start()
     waited.join(0.5)
@@ -67,16 +78,116 @@ def test_a_retried_trial_takes_over_its_dead_attempts_lease_at_once(tmp_path):
     assert not waited.is_alive()
 
 
+def test_the_heartbeat_outlives_transient_errors(tmp_path):
+    """A renewal that fails (storage or actor briefly unreachable) is retried: the lease never lapses
+    while its holder computes."""
+
+    class Flaky(LeaseTable):
+        fails = 3
+
+        def renew(self, key, token, ttl):
+            if self.fails:
+                self.fails -= 1
+                raise OSError("connection reset")
+            return super().renew(key, token, ttl)
+
+    table, logs = Flaky(), []
+    holder = store_on(tmp_path, table, lease_seconds=1.5, log=logs.append)
+    assert holder.get_or_claim("k", "holder") is None
+    time.sleep(3.2)  # three failed renewals (one every 0.5 s), then good ones: still held
+    assert table.fails == 0 and sum("could not renew" in m for m in logs) == 3
+    assert table.claim("k", "other", "tok", 300) == (False, "holder", "")
+    holder.release("k")
+    assert table.claim("k", "other", "tok", 300)[0]
+
+
+def test_a_reader_never_sees_a_half_written_result(tmp_path):
+    """While a payload is half written a reader finds no result (and no "corrupt" one to delete); a
+    second holder writing the same key (its lease expired while it computed) never mixes its file with
+    the first one's hash; a writer that dies mid-write leaves nothing a reader would take."""
+
+    class Slow(StageStore):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.halfway, self.go_on = threading.Event(), threading.Event()
+
+        def _write(self, path, data):
+            if path.endswith(".pt"):
+                super()._write(path, data[: len(data) // 2])
+                self.halfway.set()
+                self.go_on.wait(10)
+            super()._write(path, data)
+
+    def put_paused(store, payload):
+        t = threading.Thread(target=store.put, args=("k", payload))
+        t.start()
+        store.halfway.wait(1.0)  # (a holder that finds a published result writes nothing at all)
+        return t
+
+    logs = []
+    reader = StageStore(str(tmp_path), log=logs.append)
+    first, second = Slow(str(tmp_path)), Slow(str(tmp_path))
+    assert first.get_or_claim("k", "first") is None
+    a = {"w": torch.arange(200_000, dtype=torch.float32), "by": "first"}
+    t = put_paused(first, a)
+    assert reader._result("k") is None and logs == []  # not there yet, and not "corrupt" either
+    first.go_on.set()
+    t.join(10)
+    t = put_paused(second, {"w": -a["w"], "by": "second"})
+    assert torch.equal(torch.load(reader._result("k"), weights_only=True)["w"], a["w"]) and logs == []
+    second.go_on.set()
+    t.join(10)
+    assert torch.load(reader.get_or_claim("k", "reader"), weights_only=True)["by"] == "first" and logs == []
+
+    class Dies(StageStore):
+        def _write(self, path, data):
+            if path.endswith(".pt"):
+                super()._write(path, data[:100])
+                raise OSError("node lost")
+            super()._write(path, data)
+
+    dying = Dies(str(tmp_path))
+    assert dying.get_or_claim("k2", "dying") is None
+    with pytest.raises(OSError):
+        dying.put("k2", a)
+    assert StageStore(str(tmp_path), poll_seconds=0.05).get_or_claim("k2", "next") is None  # its to compute
+
+
 def test_a_corrupted_result_is_detected_and_recomputed(tmp_path):
-    store = StageStore(str(tmp_path), settle_seconds=0.01)
+    store = StageStore(str(tmp_path))
     assert store.get_or_claim("k", "a") is None
     store.put("k", {"state": {}, "computed_by": "a"})
     assert store.get_or_claim("k", "b") is not None
-    blob = tmp_path / "k" / "result.pt"
+    blob = next((tmp_path / "k").glob("result-*.pt"))
     blob.write_bytes(blob.read_bytes()[:-10] + b"0123456789")
     logs = []
-    store2 = StageStore(str(tmp_path), settle_seconds=0.01, log=logs.append)
+    store2 = StageStore(str(tmp_path), log=logs.append)
     assert store2.get_or_claim("k", "c") is None and any("corrupt" in m for m in logs)
+    store2.put("k", {"state": {}, "computed_by": "c"})  # republished, the corrupt payload gone
+    assert [p.name for p in (tmp_path / "k").glob("result-*.pt")] != [blob.name]
+    assert torch.load(store.get_or_claim("k", "d"), weights_only=True)["computed_by"] == "c"
+
+
+def test_a_lock_holders_death_frees_the_lease_at_once(tmp_path):
+    """Without Ray (one machine, processes): the lease is an flock, which the kernel drops when its holder
+    dies; the holder's name is shown to the others meanwhile."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from tuning.execution.leases import FileLocks; "
+         "print(FileLocks(sys.argv[1]).claim('k', 'trial p', 'p', 1)[0], flush=True); time.sleep(120)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        locks = FileLocks(str(tmp_path))
+        assert locks.claim("k", "trial q", "q", 1) == (False, "trial p", "")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert locks.claim("k", "trial q", "q", 1) == (True, "trial q", "")
+
+
+def test_a_shared_uri_needs_the_lease_actor():
+    with pytest.raises(ValueError, match="lease actor"):
+        StageStore("mock://bucket/store")
 
 
 def test_keys_follow_what_each_stage_depends_on(tiny_root):
@@ -102,7 +213,7 @@ def test_the_code_version_hashes_all_of_egomodel():
 
 
 def test_trials_share_stages_exactly(tmp_path, tiny_root):
-    store = StageStore(str(tmp_path / "store"), settle_seconds=0.01)
+    store = StageStore(str(tmp_path / "store"))
     a = train(tiny_config(tiny_root), tmp_path / "a", progress=False, store=store, owner="trial-a")
     reports = []
     b_cfg = tiny_config(tiny_root, train__stage3__lr=1e-3, model__insertion="layer1")

@@ -21,6 +21,7 @@ from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
 from tuning.execution import storage_check
+from tuning.execution.leases import start_lease_actor
 from tuning.execution.study import (
     STORAGE_TAG,
     STUDY_TAG,
@@ -265,7 +266,9 @@ def run(args: argparse.Namespace) -> int:
     if args.warm_start:
         client.set_tag(parent_id, WARM_TAG, f"{warm_label}: {len(warm)} trials added, {skipped} skipped")
     store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"
-    setup = TrialSetup(space, data_root, seed, store_uri, storage, marker)
+    # the stage store's leases live in an actor on this node, alive as long as this function runs
+    leases, _lease_actor = start_lease_actor() if store_uri else (None, None)
+    setup = TrialSetup(space, data_root, seed, store_uri, storage, marker, leases)
     resources = trial_resources(space, args.address)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if args.resume:

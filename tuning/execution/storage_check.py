@@ -45,16 +45,18 @@ def read_marker(storage: str, name: str) -> None:
             json.loads(f.read())
     except (OSError, ValueError) as e:
         raise StorageError(
-            f"node {socket.gethostname()} ({_ip()}) cannot read the search's storage {storage} ({name}: {e}). "
+            f"node {socket.gethostname()} ({_where()}) cannot read the search's storage {storage} ({name}: {e}). "
             "Every node must see it: pass --storage s3://BUCKET/ray_results, gs://..., or a folder on a "
             "mount present on every node") from None
 
 
-def _ip() -> str:
+def _where() -> str:
+    """This node's address and Ray node id (nodes of one machine share the address)."""
     try:
         import ray
 
-        return ray.util.get_node_ip_address()
+        where = ray.util.get_node_ip_address()
+        return f"{where}, Ray node {ray.get_runtime_context().get_node_id()}" if ray.is_initialized() else where
     except Exception:  # noqa: BLE001 - only for the message
         return "address unknown"
 
@@ -67,14 +69,15 @@ def check_every_node(storage: str, name: str, timeout_s: float = 120.0) -> int:
 
     read = ray.remote(num_cpus=0, max_retries=0)(_read_on_node)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    refs = {n["NodeManagerAddress"]: read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+    # keyed by node id: several nodes may share one address (raylets of one machine)
+    refs = {(n["NodeID"], n["NodeManagerAddress"]): read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         n["NodeID"], soft=False)).remote(storage, name) for n in nodes}
     failures = []
-    for address, ref in refs.items():
+    for (node_id, address), ref in refs.items():
         try:
             problem = ray.get(ref, timeout=timeout_s)
         except Exception as e:  # noqa: BLE001 - a node whose task could not run cannot be trusted either
-            problem = f"node {address}: the check could not run there: {type(e).__name__}: {e}"
+            problem = f"node {address} (Ray node {node_id}): the check could not run there: {type(e).__name__}: {e}"
         if problem:
             failures.append(problem)
     if failures:

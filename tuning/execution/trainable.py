@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -54,6 +55,7 @@ class TrialSetup:
     store_uri: str | None = None  # the stage store (under the Ray storage path); None: no reuse
     storage: str | None = None  # the search's storage and the marker the driver wrote there: each trial
     storage_marker: str | None = None  # reads it first (a node that cannot see the storage fails at once)
+    leases: Any = None  # the driver's stage-store lease actor (tuning.execution.leases.ActorLeases)
 
 
 def total_epochs(cfg: Any) -> int:
@@ -144,10 +146,11 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     held: list[dict[str, Any]] = []
     last_checkpoint = [time.monotonic()]  # Ray gets a resume checkpoint every checkpoint_interval_s
     fault = _fault_arm(trial_dir)
+    node_id = ray.get_runtime_context().get_node_id()  # in every report: which node ran the trial
 
     def report(r: EpochReport) -> None:
         metrics = {**r.metrics, "stage": r.stage, "stage_epoch": r.epoch, "global_epoch": r.global_epoch,
-                   "total_epochs": n_total, "final": False}
+                   "total_epochs": n_total, "final": False, "node_id": node_id}
         if r.from_store:
             metrics["from_store"] = True
         if r.global_epoch == n_total:
@@ -167,7 +170,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             last_checkpoint[0] = now
         fault(r.global_epoch)
 
-    store = StageStore(setup.store_uri) if setup.store_uri else None
+    store = StageStore(setup.store_uri, leases=setup.leases) if setup.store_uri else None
     trial_id = tune.get_context().get_trial_id()
     if not resume:
         fault(0)
@@ -179,7 +182,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     folder = _checkpoint_dir(ckdir, last_stage, extra=work)
     summary = {k: v for k, v in final.items() if k not in ("history", "classes")}
     (folder / "summary.json").write_text(json.dumps(summary))
-    last = held[-1] if held else {"global_epoch": n_total, "total_epochs": n_total, "stage": last_stage}
+    last = held[-1] if held else {"global_epoch": n_total, "total_epochs": n_total, "stage": last_stage,
+                                  "node_id": node_id}
     try:
         # the search's metric is the best checkpoint's validation score (the model a user would take)
         tune.report(
