@@ -20,7 +20,7 @@ from egomodel.cli import run_cli
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
-from tuning.execution import storage_check
+from tuning.execution import feasibility, storage_check
 from tuning.execution.study import (
     STORAGE_TAG,
     STUDY_TAG,
@@ -267,6 +267,11 @@ def run(args: argparse.Namespace) -> int:
     store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"
     setup = TrialSetup(space, data_root, seed, store_uri, storage, marker)
     resources = trial_resources(space, args.address)
+    local = args.address in (None, "local")  # the Ray this search starts itself: no autoscaler
+    try:  # a trial that no node can ever run: refused now rather than left pending (tuning.execution.feasibility)
+        feasibility.check_before_start(resources, local=local)
+    except feasibility.InfeasibleError as e:
+        raise SearchError(str(e)) from None
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if args.resume:
         print(f"resuming the search at {path}")
@@ -285,13 +290,16 @@ def run(args: argparse.Namespace) -> int:
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage,
-                callbacks=[MlflowCallback(tracking_uri, parent_id, space, extra)],
+                callbacks=[MlflowCallback(tracking_uri, parent_id, space, extra), feasibility.PendingWatch(local)],
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
         )
         save_record(path, {"data_root": data_root, "data_fingerprint": bundle.fingerprint})
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except feasibility.InfeasibleError as e:  # trials pending that no node can ever run
+        raise SearchError(str(e)) from None
     return finish(results, space, client, parent_id, name, args, tracking_uri)
 
 
