@@ -140,7 +140,9 @@ def test_the_credential_commands_run(tmp_path: Path) -> None:
 
 # a literal value given to a name that contains the word (NAME=value, name = value, or YAML's name-colon-value)
 PASSWORD_LITERAL = re.compile(
-    r"(?i)\b\w*pass" r"word\w*\b['\"]?\s*(?:=|:(?!\s*$))\s*(?!\$|\"\$|'\$|\{|$|<|\)|,|\"|\.?/|~)([^\s'\"]+)", re.MULTILINE)
+    r"(?i)\b\w*pass" r"word\w*\b['\"]?\s*(?:=|:(?!\s*$))\s*"
+    r"(?!\$|\"\$|'\$|\{|$|<|\)|,|\"|\.?/|~)([^\s'\"]+)",  # not: $VAR, "$(...)", {..}, a path, nothing
+    re.MULTILINE)
 
 
 def test_no_password_literal_in_the_cluster_files_or_docs() -> None:
@@ -153,7 +155,8 @@ def test_password_pattern_finds_literals() -> None:
     """The scan above is real: literal values are found, values from files, variables or secrets are not."""
     for bad in ("MLFLOW_TRACKING_PASSWORD=hunter2", "admin_password = s3cret", "pass" "word" ": abc123"):
         assert PASSWORD_LITERAL.search(bad), bad
-    for ok in ('MLFLOW_TRACKING_PASSWORD="$(cat ~/mlflow/admin_password)"', "MLFLOW_TRACKING_PASSWORD=$PW", "--from-file=password=./pw.txt",
+    for ok in ('MLFLOW_TRACKING_PASSWORD="$(cat ~/mlflow/admin_password)"', "MLFLOW_TRACKING_PASSWORD=$PW",
+              "--from-file=password=./pw.txt",
               "- name: MLFLOW_TRACKING_PASSWORD\n  valueFrom: {secretKeyRef: {name: x, key: password}}"):
         assert not PASSWORD_LITERAL.search(ok), ok
 

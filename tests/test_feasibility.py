@@ -41,7 +41,6 @@ def test_autoscaling_cluster_with_no_worker_yet_is_not_refused(monkeypatch: pyte
     f = tmp_path / "boot.yaml"
     f.write_text(yaml.safe_dump({"available_node_types": {k: {"resources": v} for k, v in TYPES.items()}}))
     monkeypatch.setattr(fz, "BOOTSTRAP_CONFIG", str(f))
-    monkeypatch.setattr(fz.node_types, "__defaults__", (str(f),))
     fz.check_before_start({"cpu": 4, "gpu": 0.5}, local=False)
     # more GPU per trial than any node type has: refused, naming what was asked and what exists
     with pytest.raises(fz.InfeasibleError) as e:

@@ -16,7 +16,7 @@ from tuning.execution import gpu_check
 def given(monkeypatch: pytest.MonkeyPatch):
     def set_(ids: list[str], cuda: bool) -> None:
         monkeypatch.setattr(gpu_check, "ray_gpu_ids", lambda: ids)
-        monkeypatch.setattr(gpu_check, "_cuda_available", lambda: cuda)
+        monkeypatch.setattr(gpu_check, "cuda_available", lambda: cuda)
         monkeypatch.delenv(gpu_check.ALLOW_FAKE_GPU_ENV, raising=False)
     return set_
 

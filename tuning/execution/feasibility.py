@@ -49,10 +49,11 @@ def describe(resources: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + "}"
 
 
-def node_types(path: str = BOOTSTRAP_CONFIG) -> dict[str, dict[str, float]] | None:
-    """The launcher's node types and their resources; None when this is not a launcher head, or when a
-    type leaves its resources to detection (then what it provides is not known in advance)."""
-    file = Path(path).expanduser()
+def node_types(path: str | None = None) -> dict[str, dict[str, float]] | None:
+    """The launcher's node types and their resources (from ``path``, by default the bootstrap file); None
+    when this is not a launcher head, or when a type leaves its resources to detection (then what it
+    provides is not known in advance)."""
+    file = Path(path or BOOTSTRAP_CONFIG).expanduser()
     if not file.is_file():
         return None
     import yaml

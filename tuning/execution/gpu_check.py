@@ -77,7 +77,7 @@ def stack_report() -> str:
             f"{_nvidia_smi()}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}")
 
 
-def _cuda_available() -> bool:
+def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
@@ -87,7 +87,7 @@ def check_trial(device: str = "auto") -> None:
     """Raise :class:`GpuError` when Ray gave this trial a GPU that PyTorch cannot use (``device``: the
     trial's ``train.device``; ``cpu`` asks for the CPU on purpose and is not checked)."""
     ids = ray_gpu_ids()
-    if not ids or device == "cpu" or _cuda_available():
+    if not ids or device == "cpu" or cuda_available():
         return
     if os.environ.get(ALLOW_FAKE_GPU_ENV) == "1":
         return
@@ -103,7 +103,7 @@ def check_node() -> str:
     gpus = nvidia_pci_devices()
     if not gpus:
         return "egosearch: no NVIDIA GPU on this node; nothing to check"
-    if not _cuda_available():
+    if not cuda_available():
         raise GpuError(f"egosearch: this node has {len(gpus)} NVIDIA GPU(s) (PCI {', '.join(gpus)}) but "
                        f"torch.cuda.is_available() is false: {stack_report()}. Use an image whose NVIDIA driver "
                        "supports this CUDA version (580 or newer for CUDA 13).")
