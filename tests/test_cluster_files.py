@@ -138,6 +138,36 @@ def test_the_credential_commands_run(tmp_path: Path) -> None:
     assert out == ["admin", pw.read_text().strip()]
 
 
+def test_the_auth_config_written_on_the_head_is_what_mlflow_reads(tmp_path: Path, monkeypatch) -> None:
+    """The start command's auth config, written in a fake $HOME and read by MLflow's own reader (loaded
+    from its file: the auth package itself needs the mlflow[auth] extra): user admin, its own user
+    database beside the tracking store, the password from the environment, the file private."""
+    import importlib.util
+
+    import mlflow
+
+    start = mlflow_start(load(ROOT / "cluster.yaml"))
+    write = re.search(r'export MLFLOW_AUTH_CONFIG_PATH=[^;]+;\s*\(umask 077; printf .*?\);', start, re.DOTALL)
+    assert write, "the start command writes the auth config"
+    (tmp_path / "mlflow").mkdir()
+    subprocess.run(["bash", "-c", write.group(0)], env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                   check=True, timeout=60)
+    ini = tmp_path / "mlflow" / "basic_auth.ini"
+    assert (ini.stat().st_mode & 0o777) == 0o600
+    spec = importlib.util.spec_from_file_location(
+        "mlflow_auth_config", Path(mlflow.__file__).parent / "server" / "auth" / "config.py")
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(ini))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "from-the-environment")
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
+    read = config.read_auth_config()
+    assert read.admin_username == "admin" and read.admin_password == "from-the-environment"
+    assert read.database_uri == f"sqlite:///{tmp_path}/mlflow/basic_auth.db"
+    assert read.default_permission == "READ"
+    assert read.authorization_function == "mlflow.server.auth:authenticate_request_basic_auth"
+
+
 # a literal value given to a name that contains the word (NAME=value, name = value, or YAML's name-colon-value)
 PASSWORD_LITERAL = re.compile(
     r"(?i)\b\w*pass" r"word\w*\b['\"]?\s*(?:=|:(?!\s*$))\s*"
