@@ -5,6 +5,7 @@ cluster that has no worker yet."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import client_of, env, search_cmd, write_space
 from tuning.execution import feasibility as fz
 
 HEAD = {"CPU": 8.0, "GPU": 0.0, "memory": 3e10, "node:10.0.0.1": 1.0}
@@ -99,3 +101,17 @@ def test_local_ray_refuses_and_reports_a_trial_no_node_can_run() -> None:
         ray.shutdown()
         shutil.rmtree(session, ignore_errors=True)
         shutil.rmtree(storage, ignore_errors=True)
+
+
+@pytest.mark.slow  # ~50 s here (a whole search start); the default run covers the check in-process above
+def test_search_refuses_a_space_no_node_of_the_local_ray_can_run(tmp_path: Path, tiny_root: Path) -> None:
+    """The user's view: `python -m tuning.search` on a space asking more CPUs per trial than this machine
+    has ends before any trial, with one line naming the request and the node, and no MLflow run."""
+    space = write_space(tmp_path, resources={"cpu": 4096, "gpu": 0})
+    proc = subprocess.run(search_cmd(space, tiny_root), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "each trial asks for {CPU: 4096}" in proc.stderr and "nodes alive: {CPU: " in proc.stderr
+    assert "Traceback" not in proc.stderr
+    client = client_of(tmp_path)
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()]), "no parent run"

@@ -258,6 +258,12 @@ def run(args: argparse.Namespace) -> int:
     except storage_check.StorageError as e:
         raise SearchError(str(e)) from None
     print(checked)
+    resources = trial_resources(space, args.address)
+    local = args.address in (None, "local")  # the Ray this search starts itself: no autoscaler
+    try:  # a trial that no node can ever run: refused before the parent run exists (tuning.execution.feasibility)
+        feasibility.check_before_start(resources, local=local)
+    except feasibility.InfeasibleError as e:
+        raise SearchError(str(e)) from None
     parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume, data_root)
     if not args.resume:
         client.set_tag(parent_id, STORAGE_TAG, study_uri)
@@ -266,12 +272,6 @@ def run(args: argparse.Namespace) -> int:
         client.set_tag(parent_id, WARM_TAG, f"{warm_label}: {len(warm)} trials added, {skipped} skipped")
     store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"
     setup = TrialSetup(space, data_root, seed, store_uri, storage, marker)
-    resources = trial_resources(space, args.address)
-    local = args.address in (None, "local")  # the Ray this search starts itself: no autoscaler
-    try:  # a trial that no node can ever run: refused now rather than left pending (tuning.execution.feasibility)
-        feasibility.check_before_start(resources, local=local)
-    except feasibility.InfeasibleError as e:
-        raise SearchError(str(e)) from None
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if args.resume:
         print(f"resuming the search at {path}")
