@@ -13,7 +13,9 @@ pointed at nothing.
 
 from __future__ import annotations
 
+import base64
 import copy
+import importlib.util
 import math
 import os
 import re
@@ -22,6 +24,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -379,11 +383,14 @@ def _listening(host: str, port: int) -> bool:
 @pytest.mark.timeout(600)
 def test_mlflow_start_commands_run_and_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the head's MLflow commands of cluster.yaml twice in a fake $HOME: bound to the private IP, not
-    to 127.0.0.1, answering /health, and the second run replaces the first server."""
+    to 127.0.0.1, answering /health, the second run replaces the first server, and the API refuses a
+    request without the admin login (401) and answers one with it."""
     monkeypatch.undo()  # this test needs local sockets
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's mlflow, unactivated
     if shutil.which("mlflow", path=path) is None or shutil.which("bash") is None:
         pytest.skip("mlflow CLI or bash not available")
+    if importlib.util.find_spec("flask_wtf") is None:
+        pytest.skip("MLflow's basic-auth app needs the mlflow[auth] extra (Flask-WTF), not installed here")
     ips = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
     ipv4 = [ip for ip in ips if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", ip)]
     if not ips or not ipv4 or ips[0] != ipv4[0] or ipv4[0].startswith("127."):
@@ -393,11 +400,14 @@ def test_mlflow_start_commands_run_and_restart(tmp_path: Path, monkeypatch: pyte
         pytest.skip("port 5000 is busy")
     cfg = load(AWS_FILE)
     cmds = [c for c in cfg["head_start_ray_commands"] if "mlflow" in c]
+    setup = [c for c in cfg["head_setup_commands"] if "mlflow" in c]  # the folder and the credentials
     env = {k: v for k, v in os.environ.items() if not k.startswith("EGOSEARCH_")}
     env["HOME"] = str(tmp_path)
     env["PATH"] = path
     pidfile = tmp_path / "mlflow" / "server.pid"
     pids = []
+    for cmd in setup:
+        subprocess.run(["bash", "-c", cmd], env=env, check=True, timeout=60)
     try:
         for _ in range(2):
             for cmd in cmds:
@@ -408,6 +418,16 @@ def test_mlflow_start_commands_run_and_restart(tmp_path: Path, monkeypatch: pyte
             assert _listening(head_ip, int(MLFLOW_PORT))
             assert not _listening("127.0.0.1", int(MLFLOW_PORT)), "must not listen on loopback/all interfaces"
         assert pids[0] != pids[1]
+        # the basic-auth app: no login, 401; the head's admin login from its 0600 file, the API answers
+        api = f"http://{head_ip}:{MLFLOW_PORT}/api/2.0/mlflow/experiments/search?max_results=1"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(api, timeout=10)
+        assert refused.value.code == 401
+        password = (tmp_path / "mlflow" / "admin_password").read_text().strip()
+        login = base64.b64encode(f"admin:{password}".encode()).decode()
+        with urllib.request.urlopen(urllib.request.Request(api, headers={"Authorization": f"Basic {login}"}),
+                                    timeout=10) as r:
+            assert r.status == 200
         time.sleep(1)
         with pytest.raises(ProcessLookupError):
             os.killpg(pids[0], 0)  # the first server's whole process group is gone

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port, write_space
+from tuning.execution import gpu_check
 
 pytestmark = [
     pytest.mark.slow,
@@ -72,7 +73,7 @@ def run_in_namespace(script: str, cwd: Path, timeout: int, ports: dict[str, int]
     environ = {
         **os.environ, **{k: str(v) for k, v in ports.items()}, "RAY_TMP": session, "PY": PY, "RAY": RAY,
         "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-        "EGOSEARCH_TEST_ALLOW_FAKE_GPU": "1",  # torch sees no CUDA behind the simulator's fake GPUs
+        gpu_check.ALLOW_FAKE_GPU_ENV: "1",  # torch sees no CUDA behind the simulator's fake GPUs
         "RAY_DEDUP_LOGS": "0", "TQDM_DISABLE": "1",
     }
     head = ('"$RAY" start --head --port="$PORT" --node-ip-address=127.0.0.1 --num-cpus=1 --num-gpus=0 '

@@ -20,7 +20,7 @@ from egomodel.cli import run_cli
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
-from tuning.execution import storage_check
+from tuning.execution import feasibility, storage_check
 from tuning.execution.leases import start_lease_actor
 from tuning.execution.study import (
     STORAGE_TAG,
@@ -259,6 +259,12 @@ def run(args: argparse.Namespace) -> int:
     except storage_check.StorageError as e:
         raise SearchError(str(e)) from None
     print(checked)
+    resources = trial_resources(space, args.address)
+    local = args.address in (None, "local")  # the Ray this search starts itself: no autoscaler
+    try:  # a trial that no node can ever run: refused before the parent run exists (tuning.execution.feasibility)
+        feasibility.check_before_start(resources, local=local)
+    except feasibility.InfeasibleError as e:
+        raise SearchError(str(e)) from None
     parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume, data_root)
     if not args.resume:
         client.set_tag(parent_id, STORAGE_TAG, study_uri)
@@ -269,7 +275,6 @@ def run(args: argparse.Namespace) -> int:
     # the stage store's leases live in an actor on this node, alive as long as this function runs
     leases, _lease_actor = start_lease_actor() if store_uri else (None, None)
     setup = TrialSetup(space, data_root, seed, store_uri, storage, marker, leases)
-    resources = trial_resources(space, args.address)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if args.resume:
         print(f"resuming the search at {path}")
@@ -288,13 +293,16 @@ def run(args: argparse.Namespace) -> int:
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage,
-                callbacks=[MlflowCallback(tracking_uri, parent_id, space, extra)],
+                callbacks=[MlflowCallback(tracking_uri, parent_id, space, extra), feasibility.PendingWatch(local)],
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
         )
         save_record(path, {"data_root": data_root, "data_fingerprint": bundle.fingerprint})
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except feasibility.InfeasibleError as e:  # trials pending that no node can ever run
+        raise SearchError(str(e)) from None
     return finish(results, space, client, parent_id, name, args, tracking_uri)
 
 

@@ -32,6 +32,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from egomodel.model import checkpoint as ck
 from egomodel.training.engine import EpochReport, train
 from egomodel.training.stages import stage_plan
+from tuning.execution.gpu_check import check_trial
 from tuning.execution.stage_store import StageStore
 from tuning.execution.storage_check import read_marker
 from tuning.space.sampling import runtime_overrides, trial_config
@@ -134,6 +135,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     if setup.storage_marker:
         read_marker(setup.storage, setup.storage_marker)
     cfg = trial_config(setup.space, config, runtime_overrides(setup.space, setup.data_root, setup.seed))
+    check_trial(cfg.train.device)  # a GPU from Ray that PyTorch cannot use: fail now, not train on the CPU
     trial_dir = Path(tune.get_context().get_trial_dir())
     work = trial_dir / "work"
     ckdir = work / "checkpoints"
