@@ -422,7 +422,7 @@ def test_mlflow_start_commands_run_and_restart(tmp_path: Path, monkeypatch: pyte
         api = f"http://{head_ip}:{MLFLOW_PORT}/api/2.0/mlflow/experiments/search?max_results=1"
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(api, timeout=10)
-        assert refused.value.code == 401
+        assert refused.value.code == 401, refused.value.read()[:500]
         password = (tmp_path / "mlflow" / "admin_password").read_text().strip()
         login = base64.b64encode(f"admin:{password}".encode()).decode()
         with urllib.request.urlopen(urllib.request.Request(api, headers={"Authorization": f"Basic {login}"}),
