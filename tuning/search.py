@@ -67,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start", default=None, metavar="STUDY_OR_EXPERIMENT",
                    help="add the finished trials of an earlier search's study that fit this space before the first "
                         "trial (a study of that name in --optuna-storage, else that MLflow experiment's study)")
+    p.add_argument("--max-gflops", type=float, default=None, metavar="X",
+                   help="multi-objective spaces: the champion is the most accurate Pareto-front trial within X GFLOPs "
+                        "per clip (default: the space's champion.max_gflops)")
+    p.add_argument("--min-top1", type=float, default=None, metavar="Y",
+                   help="multi-objective spaces: the champion is the cheapest front trial with val_top1 >= Y (with "
+                        "--max-gflops: the most accurate within the budget among those; default: the space's)")
     p.add_argument("--no-stage-store", action="store_true",
                    help="compute every trial's stages itself (default: share identical stage prefixes)")
     return p
@@ -191,12 +197,42 @@ def pick_best(results: Any, space: SearchSpace) -> Any | None:
     return max(done, key=lambda r: sign * float(r.metrics[space.metric]))
 
 
+def champion_rule(space: SearchSpace, args: argparse.Namespace) -> dict[str, float]:
+    """The champion's constraints: ``--max-gflops`` / ``--min-top1`` over the space's ``champion``."""
+    flags = {"max_gflops": getattr(args, "max_gflops", None), "min_top1": getattr(args, "min_top1", None)}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if given and not {"val_top1", "gflops"} <= {n for n, _ in space.objectives}:
+        raise SearchError(f"--{next(iter(given)).replace('_', '-')}: the space {space.name} has no objectives "
+                          "val_top1 and gflops (a Pareto front to pick from)")
+    if given.get("max_gflops", 1) < 0 or not 0 <= given.get("min_top1", 0) <= 1:
+        raise SearchError(f"--max-gflops must be >= 0 and --min-top1 in [0, 1], got {given}")
+    return {**dict(space.champion), **given}
+
+
+def pick_pareto(results: Any, space: SearchSpace, client: Any, parent_id: str, args: argparse.Namespace,
+                run_ids: dict[str, str]) -> Any | None:
+    """A multi-objective search: the front on the parent run, the champion picked from it."""
+    from tuning.tracking import pareto
+
+    rule = champion_rule(space, args)
+    rows = pareto.rows_of(results, space.objectives)
+    members = pareto.front(rows, space.objectives)
+    chosen, why = pareto.choose(members, rule.get("max_gflops"), rule.get("min_top1"))
+    text = ", ".join(f"{k}={v:g}" for k, v in rule.items()) or "none (the most accurate)"
+    pareto.log_front(client, parent_id, rows, members, chosen, text, why, run_ids)
+    print(f"Pareto front: {len(members)} of {len(rows)} trials; champion rule {text}: {why}")
+    if chosen is None:
+        return None
+    return next(r for r in results if r.metrics and str(r.metrics.get("trial_id")) == chosen.trial_id)
+
+
 def run(args: argparse.Namespace) -> int:
     _positive("--num-samples", args.num_samples)
     _positive("--max-concurrent", args.max_concurrent)
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise SearchError(f"--seed must be in [0, 2**32), got {args.seed}")
     space = load_space(args.space)  # a bad space fails here, before anything starts
+    champion_rule(space, args)
     for flag, value in (("--experiment (or the space's name)", args.experiment or space.name),
                         ("--model-name", args.model_name)):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
@@ -273,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
         n_total = total_epochs(cfg)
-        rungs = resolve_rungs(space, cfg) if space.scheduler.type == "asha" else ()
+        rungs = resolve_rungs(space, cfg) if space.scheduler.type != "fifo" else ()
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -303,15 +339,18 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
 
     # every trial's writes delivered (else a clean, resumable stop), then Optuna's plots and trials.csv
     log_search_summary(client, parent_id, results, space)
-    best = pick_best(results, space)
+    children = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=10000)
+    run_ids = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in children if TRIAL_TAG in r.data.tags}
+    best = pick_pareto(results, space, client, parent_id, args, run_ids) if space.objectives \
+        else pick_best(results, space)
     if best is None:
         client.set_terminated(parent_id, "FAILED")
-        print("no trial finished; see the Ray trial table above and the MLflow runs", file=sys.stderr)
+        print("no trial finished" + (" within the champion's constraints" if space.objectives else "")
+              + "; see the Ray trial table above and the MLflow runs", file=sys.stderr)
         return 1
     trial_id = best.metrics["trial_id"]
-    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
-                              f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_id}'")
-    run_id = runs[0].info.run_id
+    run_id = run_ids[trial_id]
     with best.checkpoint.as_directory() as d:
         ckpt = next(Path(d).glob("stage*_best.pt"))
         from egomodel.model.checkpoint import load

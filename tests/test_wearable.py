@@ -1,0 +1,145 @@
+"""The multi-objective search (accuracy up, GFLOPs down): the space's objectives and their bad input, the
+champion rule on a hand-made front, and a tiny ``wearable`` search on local Ray that ends with the
+Pareto front in MLflow."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import client_of, env, load_study, search_cmd
+from tuning.space import SPACES_DIR, SpaceError, load_space
+from tuning.tracking.pareto import CHOICE_TAG, PARETO_TAG, RULE_TAG, Row, choose
+
+OBJECTIVES = [{"name": "val_top1", "direction": "max"}, {"name": "gflops", "direction": "min"}]
+
+
+def wearable(tmp: Path, **changes: object) -> Path:
+    spec = yaml.safe_load((SPACES_DIR / "wearable.yaml").read_text())
+    spec.update(changes)
+    spec = {k: v for k, v in spec.items() if v is not None}
+    path = tmp / "w.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"scheduler": {"type": "asha"}}, "asha compares trials on one number and cannot stop trials on the 2 objectives"),
+    ({"objectives": [OBJECTIVES[0], {"name": "glops", "direction": "min"}]},
+     r"objectives\[1\].name: no trial reports 'glops'.*did you mean 'gflops'"),
+    ({"objectives": None}, "moasha needs two or more objectives"),
+    ({"metric": "val_top1"}, "give objectives or metric/mode, not both"),
+    ({"objectives": [OBJECTIVES[0], {"name": "gflops", "direction": "down"}]}, r"objectives\[1\].direction"),
+    ({"export": "tflite"}, "export: expected one of onnx"),
+    ({"champion": {"max_glops": 3}}, "champion.max_glops: unknown key"),
+])
+def test_bad_objectives_fail_at_load(tmp_path, changes, message):
+    with pytest.raises(SpaceError, match=message):
+        load_space(wearable(tmp_path, **changes))
+
+
+def test_wearable_space():
+    space = load_space("wearable")
+    assert space.objectives == (("val_top1", "max"), ("gflops", "min"))
+    assert (space.metric, space.mode, space.scheduler.type, space.export) == ("val_top1", "max", "moasha", "onnx")
+    variants = next(p for p in space.params if p.key == "model.variant").choices
+    assert set(variants) == {"attention", "ms", "feedback", "two_stream"}
+    for other in ("smoke", "ablation", "paper", "table3"):
+        assert load_space(other).export == ""  # opt-in: no export at registration elsewhere
+
+
+FRONT = [Row("cheap", {"val_top1": 0.40, "gflops": 1.0}, True, {}),
+         Row("mid", {"val_top1": 0.60, "gflops": 5.0}, True, {}),
+         Row("mid2", {"val_top1": 0.70, "gflops": 9.0}, True, {}),
+         Row("big", {"val_top1": 0.80, "gflops": 20.0}, True, {})]
+
+
+@pytest.mark.parametrize(("max_gflops", "min_top1", "expected"), [
+    (None, None, "big"),  # neither: the most accurate
+    (9.0, None, "mid2"),  # the most accurate within the budget (at the budget counts)
+    (None, 0.55, "mid"),  # the cheapest above the floor
+    (10.0, 0.55, "mid2"),  # both: the most accurate within the budget among those above the floor
+    (4.0, 0.55, None),  # nothing meets both
+])
+def test_champion_rule(max_gflops, min_top1, expected):
+    chosen, why = choose(FRONT, max_gflops, min_top1)
+    assert (chosen.trial_id if chosen else None) == expected
+    assert (expected or "no trial") in why
+
+
+def tiny_wearable(tmp: Path) -> tuple[Path, list[dict]]:
+    """wearable.yaml at smoke size: variants attention, ms and feedback, 2-3 frames of 32-64 px, four fixed
+    points (the cheapest first, so it reaches every rung first), no export."""
+    spec = yaml.safe_load((SPACES_DIR / "wearable.yaml").read_text())
+    smoke = yaml.safe_load((SPACES_DIR / "smoke.yaml").read_text())
+    spec.pop("export"), spec.pop("champion")
+    spec["base"] = {**{k: v for k, v in smoke["base"].items() if k not in ("model.variant", "data.frames",
+                                                                              "data.image_size")},
+                    "train.eval_batch_size": 32}
+    spec.update(name="test_space", num_samples=4, max_concurrent=2, resources={"cpu": 1, "gpu": 0}, plots=False)
+    spec["params"]["model.variant"]["choices"] = ["attention", "ms", "feedback"]
+    spec["params"]["data.frames"]["choices"] = [2, 3]
+    spec["params"]["data.image_size"]["choices"] = [32, 64]
+    fb = {"model.ms_task": "classification", "model.alpha": 1.0, "model.tau": 0.2, "train.stage2.lr": 1e-4,
+          "train.stage3.lr": 1e-4, "model.insertion": "conv1", "train.stage3.trainable": ["conv1", "layer4"]}
+    spec["points"] = [
+        {"model.variant": "attention", "data.frames": 2, "data.image_size": 32, "train.stage2.lr": 1e-4},
+        {"model.variant": "feedback", "data.frames": 3, "data.image_size": 64, **fb},
+        {"model.variant": "attention", "data.frames": 3, "data.image_size": 64, "train.stage2.lr": 1e-4},
+        {"model.variant": "ms", "data.frames": 2, "data.image_size": 64, "model.ms_task": "regression_l1",
+         "model.alpha": 1.0, "train.stage2.lr": 1e-4},
+    ]
+    path = tmp / "test_space.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path, spec["points"]
+
+
+def test_tiny_wearable_search_ends_with_the_front_in_mlflow(tmp_path, tiny_root):
+    from egomodel.cost import clip_cost
+    from tuning.space.sampling import trial_config
+
+    space_file, points = tiny_wearable(tmp_path)
+    space = load_space(space_file)
+    cache = tmp_path / "cache"
+    # the four configurations' costs, counted once here; the trials find them in the same cache
+    costs = sorted(clip_cost(trial_config(space, p), cache=cache / "cost.json").gflops for p in points)
+    budget = costs[1]  # the second cheapest: the rule has a choice to make
+    e = {**env(), "EGOMODEL_CACHE": str(cache)}
+    proc = subprocess.run(search_cmd(space_file, tiny_root, "--max-gflops", repr(budget)), cwd=tmp_path, env=e,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Pareto front:" in proc.stdout
+
+    client = client_of(tmp_path)
+    exp = client.get_experiment_by_name("test_space")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
+    assert artifacts == {"pareto/front.png", "pareto/trials.csv"}
+    with open(client.download_artifacts(parent.info.run_id, "pareto/trials.csv", str(tmp_path))) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and sorted(float(r["gflops"]) for r in rows) == pytest.approx(costs)
+    front = [r for r in rows if r["pareto"] == "True"]
+    assert front and all(r["finished"] == "True" for r in front)
+    tagged = {r.data.tags["ray.trial_id"] for r in children if r.data.tags.get(PARETO_TAG) == "true"}
+    assert tagged == {r["trial_id"] for r in front}
+    # the champion: the most accurate front member within the budget, recorded on the parent run
+    champion_trial = parent.data.tags["best_trial_id"]
+    within = [r for r in front if float(r["gflops"]) <= budget]
+    best = max(within, key=lambda r: (float(r["val_top1"]), -float(r["gflops"])))
+    assert champion_trial == best["trial_id"] and float(best["gflops"]) <= budget
+    assert parent.data.tags[RULE_TAG] == f"max_gflops={budget:g}"
+    assert champion_trial in parent.data.tags[CHOICE_TAG]
+    # Optuna: one study with two directions; a trial MOASHA stopped is PRUNED without values
+    study = load_study(tmp_path)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    for t in study.trials:
+        assert (t.values is None) == (t.state.name != "COMPLETE")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == len([r for r in rows if r["finished"] == "True"])
