@@ -8,6 +8,7 @@ mirrors everything into MLflow and registers the best trial's model as ``champio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -226,6 +227,22 @@ def pick_pareto(results: Any, space: SearchSpace, client: Any, parent_id: str, a
     return next(r for r in results if r.metrics and str(r.metrics.get("trial_id")) == chosen.trial_id)
 
 
+def export_champion(client: Any, run_id: str, data: str | None) -> None:
+    """``export: onnx``: the champion through ``tuning.export`` into ``export-RUNID``; a model that cannot be
+    streamed (flow, two-stream) or fails the parity check is a warning on a finished search, not a failure."""
+    from tuning.export import export_run
+
+    out = Path(f"export-{run_id[:8]}")
+    try:
+        parity = export_run(client, run_id, out, data)
+    except (*USER_ERRORS, RuntimeError, ValueError) as e:
+        client.set_tag(run_id, "egosearch.export", f"refused: {e}"[:5000])
+        print(f"warning: the champion was not exported: {e}", file=sys.stderr)
+        return
+    print(f"exported the champion: {out / 'model.onnx'} (parity max |diff| {parity['max_abs_diff']:.2g}, "
+          f"{1000 * parity['latency_s_per_frame_1_thread']:.1f} ms per frame on one thread)")
+
+
 def run(args: argparse.Namespace) -> int:
     _positive("--num-samples", args.num_samples)
     _positive("--max-concurrent", args.max_concurrent)
@@ -245,7 +262,10 @@ def run(args: argparse.Namespace) -> int:
     extra = runtime_overrides(space, data_root, seed)
     cfg = base_config(space, extra)
     variants = {cfg.model.variant, *(c for p in space.params if p.key == "model.variant" for c in p.choices)}
-    bundle = load_bundle(cfg.data, cfg.train.seed, need_mmaps=bool(variants & {"ms", "feedback"}),
+    # clips are checked for the most frames a trial can read
+    frames = [int(v) for p in space.params if p.key == "data.frames" for v in (p.choices or (p.high,))]
+    data_cfg = dataclasses.replace(cfg.data, frames=max(frames)) if frames else cfg.data
+    bundle = load_bundle(data_cfg, cfg.train.seed, need_mmaps=bool(variants & {"ms", "feedback"}),
                          need_flow=bool(variants & {"flow", "two_stream"}))
     storage = args.storage or "ray_results"
     if "://" not in storage:  # Ray and pyarrow need absolute local paths
@@ -358,6 +378,8 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
         classes = list(load(ckpt)["classes"])
         model_name = args.model_name or f"egosearch-{name}"
         uri = register(client, run_id, ckpt, classes, model_name)
+    if space.export:  # opt-in per space: the champion exported for a device (tuning.export)
+        export_champion(client, run_id, args.data)
     for k, v in {"best_trial_id": trial_id, "best_run_id": run_id, "champion": uri}.items():
         client.set_tag(parent_id, k, v)
     client.log_metric(parent_id, f"best_{space.metric}", float(best.metrics[space.metric]))
