@@ -52,6 +52,20 @@ def test_wearable_space():
         assert load_space(other).export == ""  # opt-in: no export at registration elsewhere
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--space", "wearable", "--warm-start", "ablation"], "cannot fill a multi-objective one"),
+    (["--space", "smoke", "--max-gflops", "3"], "--max-gflops: the space smoke has no objectives"),
+    (["--space", "wearable", "--min-top1", "1.5"], "--min-top1 in"),
+])
+def test_bad_flags_fail_before_anything_starts(tmp_path, monkeypatch, capsys, flags, message):
+    from tuning.search import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(flags) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no Ray folder, no MLflow or Optuna store
+
+
 FRONT = [Row("cheap", {"val_top1": 0.40, "gflops": 1.0}, True, {}),
          Row("mid", {"val_top1": 0.60, "gflops": 5.0}, True, {}),
          Row("mid2", {"val_top1": 0.70, "gflops": 9.0}, True, {}),

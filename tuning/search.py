@@ -250,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
         raise SearchError(f"--seed must be in [0, 2**32), got {args.seed}")
     space = load_space(args.space)  # a bad space fails here, before anything starts
     champion_rule(space, args)
+    if args.warm_start and space.objectives:
+        raise SearchError(f"--warm-start: the space {space.name} has objectives; warm start adds the trials of a "
+                          "single-metric study and cannot fill a multi-objective one")
     for flag, value in (("--experiment (or the space's name)", args.experiment or space.name),
                         ("--model-name", args.model_name)):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
