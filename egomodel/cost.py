@@ -2,7 +2,8 @@
 
 A wearable pays for every frame it classifies, so the multi-objective search (``tuning``, the
 ``wearable`` space) minimises this next to maximising accuracy. FLOPs are counted, not estimated:
-the variant's network is built with random weights and run once in eval mode on a zero clip under
+the variant's network is built on PyTorch's meta device (shapes, no weights) and run once in eval mode on
+a clip under
 ``torch.utils.flop_counter.FlopCounterMode``, which counts the matrix products and convolutions
 (2 FLOPs per multiply-add; element-wise operations such as ReLU, BatchNorm in eval and the ConvLSTM's
 gate arithmetic are not counted, as is usual). What one clip is:
@@ -65,17 +66,14 @@ def count(cfg: Config, num_classes: int = GTEA61_CLASSES) -> Cost:
 
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained="none", rgb_checkpoint="",
                                                              flow_checkpoint=""))
-    with torch.device("meta"):  # no weight initialisation: the values do not change the count
-        model = build_model(cfg, num_classes)
-    model = model.to_empty(device="cpu").eval()
+    # on the meta device: shapes only, no weights and no arithmetic (the counter reads shapes)
+    with torch.device("meta"):
+        model = build_model(cfg, num_classes).eval()
     d, variant = cfg.data, cfg.model.variant
-    if variant == "feedback":
-        model.feedback_on.fill_(True)  # the branch runs at test time
-    for m in model.modules():  # uninitialised statistics could be anything; keep eval's arithmetic finite
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-    frames = torch.zeros(1, d.frames, 3, d.image_size, d.image_size)
-    flow = torch.zeros(1, d.flow_segments, 2 * d.flow_stack, d.image_size, d.image_size)
+    if variant == "feedback":  # the branch runs at test time; a flag read on the host
+        model.feedback_on = torch.ones((), dtype=torch.bool)
+    frames = torch.zeros(1, d.frames, 3, d.image_size, d.image_size, device="meta")
+    flow = torch.zeros(1, d.flow_segments, 2 * d.flow_stack, d.image_size, d.image_size, device="meta")
     inputs = {"flow": (flow,), "two_stream": (frames, flow)}.get(variant, (frames,))
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:

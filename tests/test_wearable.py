@@ -66,6 +66,16 @@ def test_bad_flags_fail_before_anything_starts(tmp_path, monkeypatch, capsys, fl
     assert list(tmp_path.iterdir()) == []  # no Ray folder, no MLflow or Optuna store
 
 
+def test_the_plots_paper_points_are_what_the_cost_model_counts():
+    from egomodel.config import from_dict
+    from egomodel.cost import count
+    from tuning.tracking.pareto import PAPER_POINTS
+
+    (_, two_stream, _), (_, feedback, _) = PAPER_POINTS
+    assert count(from_dict({}, {"model.variant": "two_stream"})).gflops == pytest.approx(two_stream, abs=0.01)
+    assert count(from_dict({}, {"model.variant": "feedback"})).gflops == pytest.approx(feedback, abs=0.01)
+
+
 FRONT = [Row("cheap", {"val_top1": 0.40, "gflops": 1.0}, True, {}),
          Row("mid", {"val_top1": 0.60, "gflops": 5.0}, True, {}),
          Row("mid2", {"val_top1": 0.70, "gflops": 9.0}, True, {}),
