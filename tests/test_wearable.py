@@ -76,6 +76,20 @@ def test_the_plots_paper_points_are_what_the_cost_model_counts():
     assert count(from_dict({}, {"model.variant": "feedback"})).gflops == pytest.approx(feedback, abs=0.01)
 
 
+def test_an_export_at_registration_that_fails_is_a_warning_on_the_run(tmp_path, monkeypatch, capsys):
+    """``export: onnx`` on a champion that cannot be exported leaves the search finished, says why on its run."""
+    import mlflow
+
+    from tuning.export import export_at_registration
+
+    monkeypatch.chdir(tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("e")).info.run_id  # a run without a checkpoint
+    export_at_registration(client, run_id, None)
+    assert client.get_run(run_id).data.tags["egosearch.export"].startswith(f"refused: run {run_id} has no checkpoint")
+    assert "the champion was not exported" in capsys.readouterr().err
+
+
 FRONT = [Row("cheap", {"val_top1": 0.40, "gflops": 1.0}, True, {}),
          Row("mid", {"val_top1": 0.60, "gflops": 5.0}, True, {}),
          Row("mid2", {"val_top1": 0.70, "gflops": 9.0}, True, {}),

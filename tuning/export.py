@@ -56,6 +56,21 @@ def export_run(client: object, run_id: str, out: Path, data: str | None = None, 
     return parity
 
 
+def export_at_registration(client: object, run_id: str, data: str | None) -> None:
+    """A space's ``export: onnx``: the registered champion exported into ``export-RUNID``. A model that cannot
+    be streamed (flow, two-stream) or fails the parity check is a warning on a finished search, not a
+    failure; its run's ``egosearch.export`` tag says why."""
+    out = Path(f"export-{run_id[:8]}")
+    try:
+        parity = export_run(client, run_id, out, data)
+    except (*USER_ERRORS, RetrainError, RuntimeError) as e:
+        client.set_tag(run_id, "egosearch.export", f"refused: {e}"[:5000])
+        print(f"warning: the champion was not exported: {e}", file=sys.stderr)
+        return
+    print(f"exported the champion: {out / 'model.onnx'} (parity max |diff| {parity['max_abs_diff']:.2g}, "
+          f"{1000 * parity['latency_s_per_frame_1_thread']:.1f} ms per frame on one thread)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tuning.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

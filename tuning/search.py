@@ -38,6 +38,7 @@ from tuning.space.rungs import resolve_rungs
 from tuning.space.sampling import decode, runtime_overrides
 from tuning.space.types import SearchSpace
 from tuning.tracking.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
+from tuning.tracking.pareto import ParetoError, champion_rule, pick_from_front
 
 REPO = Path(__file__).resolve().parents[1]
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")  # pyarrow filesystems Ray can use
@@ -198,58 +199,13 @@ def pick_best(results: Any, space: SearchSpace) -> Any | None:
     return max(done, key=lambda r: sign * float(r.metrics[space.metric]))
 
 
-def champion_rule(space: SearchSpace, args: argparse.Namespace) -> dict[str, float]:
-    """The champion's constraints: ``--max-gflops`` / ``--min-top1`` over the space's ``champion``."""
-    flags = {"max_gflops": getattr(args, "max_gflops", None), "min_top1": getattr(args, "min_top1", None)}
-    given = {k: v for k, v in flags.items() if v is not None}
-    if given and not {"val_top1", "gflops"} <= {n for n, _ in space.objectives}:
-        raise SearchError(f"--{next(iter(given)).replace('_', '-')}: the space {space.name} has no objectives "
-                          "val_top1 and gflops (a Pareto front to pick from)")
-    if given.get("max_gflops", 1) < 0 or not 0 <= given.get("min_top1", 0) <= 1:
-        raise SearchError(f"--max-gflops must be >= 0 and --min-top1 in [0, 1], got {given}")
-    return {**dict(space.champion), **given}
-
-
-def pick_pareto(results: Any, space: SearchSpace, client: Any, parent_id: str, args: argparse.Namespace,
-                run_ids: dict[str, str]) -> Any | None:
-    """A multi-objective search: the front on the parent run, the champion picked from it."""
-    from tuning.tracking import pareto
-
-    rule = champion_rule(space, args)
-    rows = pareto.rows_of(results, space.objectives)
-    members = pareto.front(rows, space.objectives)
-    chosen, why = pareto.choose(members, rule.get("max_gflops"), rule.get("min_top1"))
-    text = ", ".join(f"{k}={v:g}" for k, v in rule.items()) or "none (the most accurate)"
-    pareto.log_front(client, parent_id, rows, members, chosen, text, why, run_ids)
-    print(f"Pareto front: {len(members)} of {len(rows)} trials; champion rule {text}: {why}")
-    if chosen is None:
-        return None
-    return next(r for r in results if r.metrics and str(r.metrics.get("trial_id")) == chosen.trial_id)
-
-
-def export_champion(client: Any, run_id: str, data: str | None) -> None:
-    """``export: onnx``: the champion through ``tuning.export`` into ``export-RUNID``; a model that cannot be
-    streamed (flow, two-stream) or fails the parity check is a warning on a finished search, not a failure."""
-    from tuning.export import export_run
-
-    out = Path(f"export-{run_id[:8]}")
-    try:
-        parity = export_run(client, run_id, out, data)
-    except (*USER_ERRORS, RuntimeError, ValueError) as e:
-        client.set_tag(run_id, "egosearch.export", f"refused: {e}"[:5000])
-        print(f"warning: the champion was not exported: {e}", file=sys.stderr)
-        return
-    print(f"exported the champion: {out / 'model.onnx'} (parity max |diff| {parity['max_abs_diff']:.2g}, "
-          f"{1000 * parity['latency_s_per_frame_1_thread']:.1f} ms per frame on one thread)")
-
-
 def run(args: argparse.Namespace) -> int:
     _positive("--num-samples", args.num_samples)
     _positive("--max-concurrent", args.max_concurrent)
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise SearchError(f"--seed must be in [0, 2**32), got {args.seed}")
     space = load_space(args.space)  # a bad space fails here, before anything starts
-    champion_rule(space, args)
+    champion_rule(space, args.max_gflops, args.min_top1)
     if args.warm_start and space.objectives:
         raise SearchError(f"--warm-start: the space {space.name} has objectives; warm start adds the trials of a "
                           "single-metric study and cannot fill a multi-objective one")
@@ -365,8 +321,8 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     children = client.search_runs([client.get_run(parent_id).info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=10000)
     run_ids = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in children if TRIAL_TAG in r.data.tags}
-    best = pick_pareto(results, space, client, parent_id, args, run_ids) if space.objectives \
-        else pick_best(results, space)
+    best = pick_from_front(results, space, client, parent_id, champion_rule(space, args.max_gflops, args.min_top1),
+                           run_ids) if space.objectives else pick_best(results, space)
     if best is None:
         client.set_terminated(parent_id, "FAILED")
         print("no trial finished" + (" within the champion's constraints" if space.objectives else "")
@@ -382,7 +338,9 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
         model_name = args.model_name or f"egosearch-{name}"
         uri = register(client, run_id, ckpt, classes, model_name)
     if space.export:  # opt-in per space: the champion exported for a device (tuning.export)
-        export_champion(client, run_id, args.data)
+        from tuning.export import export_at_registration
+
+        export_at_registration(client, run_id, args.data)
     for k, v in {"best_trial_id": trial_id, "best_run_id": run_id, "champion": uri}.items():
         client.set_tag(parent_id, k, v)
     client.log_metric(parent_id, f"best_{space.metric}", float(best.metrics[space.metric]))
@@ -410,7 +368,7 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     return 0
 
 
-USER_ERRORS = (SpaceError, SearchError, StudyError, TrackingError, ConfigError, DataError)
+USER_ERRORS = (SpaceError, SearchError, StudyError, TrackingError, ConfigError, DataError, ParetoError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,21 @@ ACCURACY, COST = "val_top1", "gflops"
 PAPER_POINTS = (("paper: two-stream (Ego-RNN)", 103.63, 0.6710), ("paper: single-stream feedback", 67.44, 0.6509))
 
 
+class ParetoError(ValueError):
+    """A champion rule that cannot apply (a space without the objectives it names, a value out of range)."""
+
+
+def champion_rule(space: Any, max_gflops: float | None = None, min_top1: float | None = None) -> dict[str, float]:
+    """The champion's constraints: ``--max-gflops`` / ``--min-top1`` over the space's ``champion``."""
+    given = {k: v for k, v in (("max_gflops", max_gflops), ("min_top1", min_top1)) if v is not None}
+    if given and not {ACCURACY, COST} <= {n for n, _ in space.objectives}:
+        raise ParetoError(f"--{next(iter(given)).replace('_', '-')}: the space {space.name} has no objectives "
+                          f"{ACCURACY} and {COST} (a Pareto front to pick from)")
+    if given.get("max_gflops", 1) < 0 or not 0 <= given.get("min_top1", 0) <= 1:
+        raise ParetoError(f"--max-gflops must be >= 0 and --min-top1 in [0, 1], got {given}")
+    return {**dict(space.champion), **given}
+
+
 @dataclass(frozen=True)
 class Row:
     trial_id: str
@@ -139,3 +154,18 @@ def log_front(client: Any, parent_id: str, rows: list[Row], members: list[Row], 
     client.set_tag(parent_id, RULE_TAG, rule)
     client.set_tag(parent_id, CHOICE_TAG, why)
     client.log_metric(parent_id, "pareto_size", len(members))
+
+
+def pick_from_front(results: Any, space: Any, client: Any, parent_id: str, rule: dict[str, float],
+                    run_ids: dict[str, str]) -> Any | None:
+    """A multi-objective search's end: the front on the parent run, the champion's Ray result picked from it
+    under ``rule`` (:func:`champion_rule`); None when no front member meets it."""
+    rows = rows_of(results, space.objectives)
+    members = front(rows, space.objectives)
+    chosen, why = choose(members, rule.get("max_gflops"), rule.get("min_top1"))
+    text = ", ".join(f"{k}={v:g}" for k, v in rule.items()) or "none (the most accurate)"
+    log_front(client, parent_id, rows, members, chosen, text, why, run_ids)
+    print(f"Pareto front: {len(members)} of {len(rows)} trials; champion rule {text}: {why}")
+    if chosen is None:
+        return None
+    return next(r for r in results if r.metrics and str(r.metrics.get("trial_id")) == chosen.trial_id)
