@@ -20,6 +20,9 @@ from tuning.space.rungs import acting_stage, resolve_rungs
     ("ablation", (326, 501), 2),
     # smoke at epochs_scale 0.01: 3 / 2 / 2 epochs, milestones 1 in stages 2 and 3: 5, then 6 in stage 3
     ("smoke", (5, 6), 2),
+    # wearable: the variant and the frames act from stage 1 (milestone 25): 26 and its doublings below 650,
+    # and, since 416 is still in stage 2 (301..450), one after stage 3's first decay: 501
+    ("wearable", (26, 52, 104, 208, 416, 501), 1),
 ])
 def test_auto_rungs_of_the_shipped_spaces(name, rungs, first):
     space = load_space(name)
@@ -29,8 +32,8 @@ def test_auto_rungs_of_the_shipped_spaces(name, rungs, first):
 
 
 def test_every_shipped_space_is_either_staged_asha_or_fifo():
-    kinds = {name: load_space(name).scheduler.type for name in ("ablation", "smoke", "paper", "table3")}
-    assert kinds == {"ablation": "asha", "smoke": "asha", "paper": "fifo", "table3": "fifo"}
+    kinds = {name: load_space(name).scheduler.type for name in ("ablation", "smoke", "paper", "table3", "wearable")}
+    assert kinds == {"ablation": "asha", "smoke": "asha", "paper": "fifo", "table3": "fifo", "wearable": "moasha"}
 
 
 def smoke_with(tmp_path: Path, **scheduler: object) -> Path:

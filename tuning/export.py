@@ -37,6 +37,40 @@ def best_checkpoint(client: object, run_id: str, into: Path) -> Path:
     return Path(client.download_artifacts(run_id, last, str(into)))
 
 
+def export_run(client: object, run_id: str, out: Path, data: str | None = None, clips: int = 8) -> dict:
+    """Export a trial run's best checkpoint into ``out`` and log it to the run (``onnx/``, metrics, tag);
+    a parity failure logs ``onnx_refused/parity.json`` and raises ``ParityError``. The parity figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = best_checkpoint(client, run_id, Path(tmp))
+        try:
+            parity = export_checkpoint(checkpoint, out, data=data, clips=clips)
+        except ParityError:
+            client.log_artifact(run_id, str(out / "parity.json"), "onnx_refused")
+            raise
+    client.log_artifacts(run_id, str(out), "onnx")
+    for key in ("max_abs_diff", "top1_agreement"):
+        client.log_metric(run_id, f"export_parity_{key}", parity[key])
+    for threads in ("1_thread", "all_threads"):
+        client.log_metric(run_id, f"export_latency_ms_{threads}", 1000 * parity[f"latency_s_per_frame_{threads}"])
+    client.set_tag(run_id, "egosearch.export", "onnx")
+    return parity
+
+
+def export_at_registration(client: object, run_id: str, data: str | None) -> None:
+    """A space's ``export: onnx``: the registered champion exported into ``export-RUNID``. A model that cannot
+    be streamed (flow, two-stream) or fails the parity check is a warning on a finished search, not a
+    failure; its run's ``egosearch.export`` tag says why."""
+    out = Path(f"export-{run_id[:8]}")
+    try:
+        parity = export_run(client, run_id, out, data)
+    except (*USER_ERRORS, RetrainError, RuntimeError) as e:
+        client.set_tag(run_id, "egosearch.export", f"refused: {e}"[:5000])
+        print(f"warning: the champion was not exported: {e}", file=sys.stderr)
+        return
+    print(f"exported the champion: {out / 'model.onnx'} (parity max |diff| {parity['max_abs_diff']:.2g}, "
+          f"{1000 * parity['latency_s_per_frame_1_thread']:.1f} ms per frame on one thread)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tuning.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,19 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     client = check_reachable(args.tracking_uri)
     run_id = champion_run(client, args.model_name) if args.champion else args.run_id
     out = Path(args.out or f"export-{run_id[:8]}")
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = best_checkpoint(client, run_id, Path(tmp))
-        try:
-            parity = export_checkpoint(checkpoint, out, data=args.data, clips=args.clips)
-        except ParityError:
-            client.log_artifact(run_id, str(out / "parity.json"), "onnx_refused")
-            raise
-    client.log_artifacts(run_id, str(out), "onnx")
-    for key in ("max_abs_diff", "top1_agreement"):
-        client.log_metric(run_id, f"export_parity_{key}", parity[key])
-    for threads in ("1_thread", "all_threads"):
-        client.log_metric(run_id, f"export_latency_ms_{threads}", 1000 * parity[f"latency_s_per_frame_{threads}"])
-    client.set_tag(run_id, "egosearch.export", "onnx")
+    parity = export_run(client, run_id, out, args.data, args.clips)
     print(json.dumps(parity, indent=2))
     print(f"exported: {out / 'model.onnx'} (logged to run {run_id} under onnx/)")
     print(f"try it:  python {out / 'classify_video.py'} VIDEO")

@@ -8,6 +8,7 @@ mirrors everything into MLflow and registers the best trial's model as ``champio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from tuning.space.rungs import resolve_rungs
 from tuning.space.sampling import decode, runtime_overrides
 from tuning.space.types import SearchSpace
 from tuning.tracking.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
+from tuning.tracking.pareto import ParetoError, champion_rule, pick_from_front
 
 REPO = Path(__file__).resolve().parents[1]
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")  # pyarrow filesystems Ray can use
@@ -68,6 +70,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start", default=None, metavar="STUDY_OR_EXPERIMENT",
                    help="add the finished trials of an earlier search's study that fit this space before the first "
                         "trial (a study of that name in --optuna-storage, else that MLflow experiment's study)")
+    p.add_argument("--max-gflops", type=float, default=None, metavar="X",
+                   help="multi-objective spaces: the champion is the most accurate Pareto-front trial within X GFLOPs "
+                        "per clip (default: the space's champion.max_gflops)")
+    p.add_argument("--min-top1", type=float, default=None, metavar="Y",
+                   help="multi-objective spaces: the champion is the cheapest front trial with val_top1 >= Y (with "
+                        "--max-gflops: the most accurate within the budget among those; default: the space's)")
     p.add_argument("--no-stage-store", action="store_true",
                    help="compute every trial's stages itself (default: share identical stage prefixes)")
     return p
@@ -198,6 +206,10 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise SearchError(f"--seed must be in [0, 2**32), got {args.seed}")
     space = load_space(args.space)  # a bad space fails here, before anything starts
+    champion_rule(space, args.max_gflops, args.min_top1)
+    if args.warm_start and space.objectives:
+        raise SearchError(f"--warm-start: the space {space.name} has objectives; warm start adds the trials of a "
+                          "single-metric study and cannot fill a multi-objective one")
     for flag, value in (("--experiment (or the space's name)", args.experiment or space.name),
                         ("--model-name", args.model_name)):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
@@ -210,7 +222,10 @@ def run(args: argparse.Namespace) -> int:
     extra = runtime_overrides(space, data_root, seed)
     cfg = base_config(space, extra)
     variants = {cfg.model.variant, *(c for p in space.params if p.key == "model.variant" for c in p.choices)}
-    bundle = load_bundle(cfg.data, cfg.train.seed, need_mmaps=bool(variants & {"ms", "feedback"}),
+    # clips are checked for the most frames a trial can read
+    frames = [int(v) for p in space.params if p.key == "data.frames" for v in (p.choices or (p.high,))]
+    data_cfg = dataclasses.replace(cfg.data, frames=max(frames)) if frames else cfg.data
+    bundle = load_bundle(data_cfg, cfg.train.seed, need_mmaps=bool(variants & {"ms", "feedback"}),
                          need_flow=bool(variants & {"flow", "two_stream"}))
     storage = args.storage or "ray_results"
     if "://" not in storage:  # Ray and pyarrow need absolute local paths
@@ -281,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
         n_total = total_epochs(cfg)
-        rungs = resolve_rungs(space, cfg) if space.scheduler.type == "asha" else ()
+        rungs = resolve_rungs(space, cfg) if space.scheduler.type != "fifo" else ()
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -314,15 +329,18 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
 
     # every trial's writes delivered (else a clean, resumable stop), then Optuna's plots and trials.csv
     log_search_summary(client, parent_id, results, space)
-    best = pick_best(results, space)
+    children = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=10000)
+    run_ids = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in children if TRIAL_TAG in r.data.tags}
+    best = pick_from_front(results, space, client, parent_id, champion_rule(space, args.max_gflops, args.min_top1),
+                           run_ids) if space.objectives else pick_best(results, space)
     if best is None:
         client.set_terminated(parent_id, "FAILED")
-        print("no trial finished; see the Ray trial table above and the MLflow runs", file=sys.stderr)
+        print("no trial finished" + (" within the champion's constraints" if space.objectives else "")
+              + "; see the Ray trial table above and the MLflow runs", file=sys.stderr)
         return 1
     trial_id = best.metrics["trial_id"]
-    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
-                              f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_id}'")
-    run_id = runs[0].info.run_id
+    run_id = run_ids[trial_id]
     with best.checkpoint.as_directory() as d:
         ckpt = next(Path(d).glob("stage*_best.pt"))
         from egomodel.model.checkpoint import load
@@ -330,6 +348,10 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
         classes = list(load(ckpt)["classes"])
         model_name = args.model_name or f"egosearch-{name}"
         uri = register(client, run_id, ckpt, classes, model_name)
+    if space.export:  # opt-in per space: the champion exported for a device (tuning.export)
+        from tuning.export import export_at_registration
+
+        export_at_registration(client, run_id, args.data)
     for k, v in {"best_trial_id": trial_id, "best_run_id": run_id, "champion": uri}.items():
         client.set_tag(parent_id, k, v)
     client.log_metric(parent_id, f"best_{space.metric}", float(best.metrics[space.metric]))
@@ -357,7 +379,7 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     return 0
 
 
-USER_ERRORS = (SpaceError, SearchError, StudyError, TrackingError, ConfigError, DataError)
+USER_ERRORS = (SpaceError, SearchError, StudyError, TrackingError, ConfigError, DataError, ParetoError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
         """The epoch's value at step ``global_epoch``; an epoch told twice (a retried trial) once. The
         closing summary carries the search's score (the best checkpoint's) as the metric and its last
         epoch's own value as ``epoch_<metric>``."""
+        if isinstance(self.metric, list):
+            return  # Optuna takes no intermediate values in a multi-objective study (a stopped trial: PRUNED)
         value = result.get(f"epoch_{self.metric}", result.get(self.metric)) if result.get("final") \
             else result.get(self.metric)
         step = result.get("global_epoch")
@@ -84,10 +86,11 @@ def make_searcher(space: SearchSpace, max_concurrent: int, seed: int, storage: A
                   ) -> ConcurrencyLimiter:
     """TPE inside Ray; the study in ``storage`` (an Optuna storage; None: in memory, saved only with Ray's
     searcher state) under ``study_name``, with the ``warm`` trials added before the first trial."""
+    multi = bool(space.objectives)  # a study with one direction per objective
     searcher = PruneAwareOptunaSearch(
         space=DefineByRun(space),
-        metric=space.metric,
-        mode=space.mode,
+        metric=[n for n, _ in space.objectives] if multi else space.metric,
+        mode=[m for _, m in space.objectives] if multi else space.mode,
         points_to_evaluate=[encode_point(space, p) for p in space.points] or None,
         sampler=make_sampler(seed),
         storage=storage,
@@ -104,6 +107,10 @@ def make_scheduler(space: SearchSpace, total_epochs: int, rungs: tuple[int, ...]
     """ASHA on the global epoch, comparing trials exactly at ``rungs`` (``tuning.space.rungs``)."""
     if space.scheduler.type == "fifo":
         return FIFOScheduler()
+    if space.scheduler.type == "moasha":
+        from tuning.execution.moasha import MOASHAScheduler
+
+        return MOASHAScheduler(space.objectives, rungs, space.scheduler.reduction_factor)
     if not rungs or list(rungs) != sorted(set(rungs)) or rungs[0] < 1 or rungs[-1] >= total_epochs:
         raise ValueError(f"ASHA rungs {rungs}: expected increasing epochs in 1..{total_epochs - 1}")
     sched = ASHAScheduler(time_attr="global_epoch", max_t=total_epochs, grace_period=rungs[0],

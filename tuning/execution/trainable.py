@@ -130,6 +130,16 @@ def _fault_arm(trial_dir: Path) -> Any:
     return arm
 
 
+def trial_cost(space: SearchSpace, cfg: Any) -> dict[str, float]:
+    """A multi-objective search's trials report their configuration's inference cost with every result
+    (``gflops``, ``params_m``: egomodel.cost, counted once per configuration and cached)."""
+    if not space.objectives:
+        return {}
+    from egomodel.cost import clip_cost
+
+    return clip_cost(cfg).as_dict()
+
+
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     started = time.perf_counter()  # the trial's own wall time, reported as trial_wall_s
     if setup.storage_marker:
@@ -145,6 +155,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     # a retry on the same node resumes from its dead attempt's own last epoch when that is newer
     resume = (ckdir / ck.LAST).exists()
     n_total = total_epochs(cfg)
+    cost = trial_cost(setup.space, cfg)
     held: list[dict[str, Any]] = []
     last_checkpoint = [time.monotonic()]  # Ray gets a resume checkpoint every checkpoint_interval_s
     fault = _fault_arm(trial_dir)
@@ -152,7 +163,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
     def report(r: EpochReport) -> None:
         metrics = {**r.metrics, "stage": r.stage, "stage_epoch": r.epoch, "global_epoch": r.global_epoch,
-                   "total_epochs": n_total, "final": False, "node_id": node_id}
+                   "total_epochs": n_total, "final": False, "node_id": node_id, **cost}
         if r.from_store:
             metrics["from_store"] = True
         if r.global_epoch == n_total:
@@ -189,7 +200,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     try:
         # the search's metric is the best checkpoint's validation score (the model a user would take)
         tune.report(
-            {**last, "epoch_val_top1": last.get("val_top1"), "val_top1": final["val_top1"], "final": True,
+            {**last, **cost, "epoch_val_top1": last.get("val_top1"), "val_top1": final["val_top1"], "final": True,
              "mean_data_wait_fraction": final["data_wait_fraction"],
              "trial_wall_s": time.perf_counter() - started,  # training, pictures, checkpoint hand-over
              **({"test_top1": final["test_top1"]} if final.get("test_top1") is not None else {})},

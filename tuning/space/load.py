@@ -19,6 +19,7 @@ from egomodel import config as ecfg
 from tuning.space import fields
 from tuning.space.checks import check_point, deep_check
 from tuning.space.errors import SpaceError
+from tuning.space.objectives import check_scheduler, parse_champion, parse_export, parse_objectives
 from tuning.space.rungs import parse_rungs, resolve_rungs
 from tuning.space.strict_yaml import read_yaml
 from tuning.space.types import DEFAULT_CHECKPOINT_INTERVAL_S, Param, Scheduler, SearchSpace
@@ -27,7 +28,7 @@ SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 TYPES = ("float", "int", "categorical", "subset")
 MODES = ("max", "min")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("asha", "moasha", "fifo")
 TOP_KEYS = (
     "name",
     "description",
@@ -44,6 +45,9 @@ TOP_KEYS = (
     "evaluate_test",
     "checkpoint_interval_s",
     "plots",
+    "objectives",
+    "export",
+    "champion",
 )
 _FIELDS = {  # allowed fields of a param spec, per type
     "float": ("type", "low", "high", "log", "step", "when"),
@@ -52,6 +56,7 @@ _FIELDS = {  # allowed fields of a param spec, per type
     "subset": ("type", "choices", "always", "when"),
 }
 _SCHEDULER_FIELDS = {"asha": ("type", "rungs", "grace_period", "reduction_factor"), "fifo": ("type",)}
+_SCHEDULER_FIELDS["moasha"] = _SCHEDULER_FIELDS["asha"]  # the same rungs, promoted by multi-objective rank
 
 
 # --- params -----------------------------------------------------------------------------------------------
@@ -219,17 +224,19 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
     description = "" if description is None else description
     if not isinstance(description, str):
         raise SpaceError(f"description: expected a string, got {description!r}")
-    metric = data.get("metric", "val_top1")
+    objectives = parse_objectives(data.get("objectives"), data)
+    metric = objectives[0][0] if objectives else data.get("metric", "val_top1")
     if not isinstance(metric, str) or not metric.strip():
         raise SpaceError(f"metric: expected a metric name (a string), got {metric!r}")
-    mode = data.get("mode", "max")
+    mode = objectives[0][1] if objectives else data.get("mode", "max")
     if mode not in MODES:
         raise SpaceError(f"mode: expected max or min, got {mode!r}")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise SpaceError(f"seed: expected an integer in [0, 2**32), got {seed!r}")
     resources = fields.resources(data.get("resources", {}))
-    scheduler = _scheduler(data.get("scheduler", {}))
+    scheduler = _scheduler(data.get("scheduler", {"type": "moasha"} if objectives else {}))
+    check_scheduler(objectives, scheduler.type)
 
     known = ecfg.known_keys()
     base = fields.base(data.get("base"), known)
@@ -260,6 +267,9 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
         evaluate_test=evaluate_test,
         checkpoint_interval_s=float(interval),
         plots=fields.boolean("plots", data.get("plots", True)),
+        objectives=objectives,
+        export=parse_export(data.get("export")),
+        champion=parse_champion(data.get("champion"), objectives),
         name=name,
         path=path,
         text=text,
@@ -274,7 +284,7 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
         params=params,
         points=points,
     )
-    if scheduler.type == "asha":  # the rungs against the base schedule: a bad one fails here
+    if scheduler.type in ("asha", "moasha"):  # the rungs against the base schedule: a bad one fails here
         resolve_rungs(space, ecfg.from_dict({}, base))
     return space
 

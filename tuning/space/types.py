@@ -32,7 +32,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Scheduler:
-    type: str = "asha"
+    type: str = "asha"  # asha | moasha (several objectives) | fifo
     grace_period: int | None = None  # Ray's geometric rungs from this epoch; None: see rungs
     reduction_factor: float = 2.0
     # (stage, epoch) pairs, stage 0 for a global epoch; None with grace_period None: auto
@@ -59,3 +59,8 @@ class SearchSpace:
     # a trial hands Ray a resume checkpoint at most this often (and at its end); 0: after every epoch
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
     plots: bool = True  # each finished trial draws its curves, CAMs and feedback maps (about 1.5 s on a CPU)
+    # (name, "max" | "min") pairs of a multi-objective search, () for one metric (tuning.space.objectives);
+    # the first is also metric/mode
+    objectives: tuple[tuple[str, str], ...] = ()
+    export: str = ""  # "onnx": the champion is exported at registration (tuning.export)
+    champion: tuple[tuple[str, float], ...] = ()  # (max_gflops | min_top1, value): the champion from the front

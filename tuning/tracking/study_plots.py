@@ -91,13 +91,15 @@ def study_plots(study: optuna.Study, out_dir: str | Path) -> tuple[list[Path], l
               if len({json.dumps(t.params.get(k), default=str) for t in complete}) > 1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's matplotlib backend is "experimental"
-        jobs = [("history", lambda: ovm.plot_optimization_history(study, target_name="val_top1"))]
+        # a multi-objective study (tuning.space.objectives): the plots show the first objective, val_top1
+        first = {"target": lambda t: t.values[0]} if len(study.directions) > 1 else {}
+        jobs = [("history", lambda: ovm.plot_optimization_history(study, target_name="val_top1", **first))]
         if len(complete) < 2 or not varied:
             notes.append(f"no parameter importances: they need at least 2 complete trials with different "
                          f"parameter values (the study has {states})")
         else:
-            jobs.append(("importances", lambda: ovm.plot_param_importances(study)))
-        jobs.append(("parallel", lambda: ovm.plot_parallel_coordinate(study, target_name="val_top1")))
+            jobs.append(("importances", lambda: ovm.plot_param_importances(study, **first)))
+        jobs.append(("parallel", lambda: ovm.plot_parallel_coordinate(study, target_name="val_top1", **first)))
         for key, draw in jobs:
             try:
                 files.append(_save(draw(), out / PLOT_FILES[key]))
