@@ -37,8 +37,8 @@ import torch
 from egomodel.config import Config, from_dict
 
 # the config fields the inference cost depends on (the architecture and the input's size)
-COST_KEYS = ("model.variant", "model.hidden", "model.ms_task", "model.insertion", "model.feedback_channels",
-             "data.frames", "data.image_size", "data.flow_stack", "data.flow_segments")
+COST_KEYS = ("model.variant", "model.backbone", "model.hidden", "model.ms_task", "model.insertion",
+             "model.feedback_channels", "data.frames", "data.image_size", "data.flow_stack", "data.flow_segments")
 GTEA61_CLASSES = 61  # the classifier's outputs; its FLOPs are a negligible part of a clip's (< 0.01 %)
 CACHE_NAME = "cost.json"
 

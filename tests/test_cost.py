@@ -52,3 +52,12 @@ def test_cached_per_configuration(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("egomodel.cost.count", lambda *a, **k: pytest.fail("counted again"))
     assert clip_cost(cfg(model__variant="ms", model__alpha=3.0, train__seed=5), cache=cache) == first
     assert cost_key(cfg(model__variant="ms", data__frames=3)) != cost_key(c)
+    assert cost_key(cfg(model__variant="ms", model__backbone="resnet18")) != cost_key(c)
+
+
+def test_resnet18_backbone_costs_about_half() -> None:
+    """ResNet-18 has half ResNet-34's convolutions at the same widths: about half the backbone's FLOPs."""
+    r34 = count(cfg(model__variant="attention", data__image_size=64))
+    r18 = count(cfg(model__variant="attention", data__image_size=64, model__backbone="resnet18"))
+    assert 0.4 * r34.gflops < r18.gflops < 0.6 * r34.gflops
+    assert 0.4 * r34.params_m < r18.params_m < 0.6 * r34.params_m

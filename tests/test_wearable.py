@@ -121,13 +121,16 @@ def tiny_wearable(tmp: Path) -> Path:
     spec.update(name="test_space", num_samples=3, max_concurrent=2, resources={"cpu": 1, "gpu": 0}, plots=False)
     spec["params"]["model.variant"]["choices"] = ["attention", "ms", "feedback"]
     spec["params"]["data.frames"]["choices"] = [2, 3]
+    spec["params"]["model.backbone"]["choices"] = ["resnet18"]
     spec["params"]["data.image_size"]["choices"] = [32]
     fb = {"model.ms_task": "classification", "model.alpha": 1.0, "model.tau": 0.2, "train.stage2.lr": 1e-4,
           "train.stage3.lr": 1e-4, "model.insertion": "conv1", "train.stage3.trainable": ["conv1", "layer4"]}
     spec["points"] = [
-        {"model.variant": "attention", "data.frames": 2, "data.image_size": 32, "train.stage2.lr": 1e-4},
-        {"model.variant": "feedback", "data.frames": 3, "data.image_size": 32, **fb},
-        {"model.variant": "ms", "data.frames": 2, "data.image_size": 32, "model.ms_task": "regression_l1",
+        {"model.variant": "attention", "model.backbone": "resnet18", "data.frames": 2, "data.image_size": 32,
+         "train.stage2.lr": 1e-4},
+        {"model.variant": "feedback", "model.backbone": "resnet18", "data.frames": 3, "data.image_size": 32, **fb},
+        {"model.variant": "ms", "model.backbone": "resnet18", "data.frames": 2, "data.image_size": 32,
+         "model.ms_task": "regression_l1",
          "model.alpha": 1.0, "train.stage2.lr": 1e-4},
     ]
     path = tmp / "test_space.yaml"
