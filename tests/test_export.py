@@ -149,8 +149,81 @@ def test_the_onnx_example_classifies_clips_as_the_pyfunc_does_without_torch(cham
                          "data.frames": meta["frames"], "model.variant": "feedback"})
     dataset = make_dataset(cfg, clips, meta["classes"])
     for i, clip in enumerate(clips):
-        expected = meta["classes"][int(np.asarray(pyfunc.predict(dataset[i]["frames"].numpy()[None])).argmax())]
+        pixels = dataset[i]["frames"].numpy()[None].astype(np.float32)  # the signature's dtype; normalized false
+        expected = meta["classes"][int(np.asarray(pyfunc.predict(pixels)).argmax())]
         proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(tmp / "onnx" / "classify_video.py"),
                                str(clip.rgb[0].parent), "--threads", "1"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert json.loads(proc.stdout.strip().splitlines()[-1])["top1"] == expected, clip.rgb[0].parent
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, tiny_root):
+    """A random ``attention`` checkpoint registered as a champion by :func:`tuning.tracking.champion.register`
+    in a store of its own: (tracking URI, model URI, uint8 frames of two clips, normalised copies)."""
+    from tuning.tracking.champion import register
+
+    tmp = tmp_path_factory.mktemp("served")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("served", artifact_location=str(tmp / "artifacts")))
+    model_uri = register(client, run.info.run_id, _checkpoint(tmp, tiny_root, "attention"), CLASSES, "served")
+    raw = np.random.default_rng(1).integers(0, 256, (2, 3, 3, 64, 64), dtype=np.uint8)
+    return uri, model_uri, raw, normalize_frames(torch.from_numpy(raw)).numpy()
+
+
+def test_the_champion_reads_pixels_or_normalised_frames_as_its_params_say(registered):
+    uri, model_uri, raw, normalised = registered
+    mlflow.set_tracking_uri(uri)
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    spec = pyfunc.metadata.get_input_schema().inputs[0]
+    assert spec.name == "frames" and spec.type == np.dtype(np.float32) and spec.shape == (-1, -1, 3, 64, 64)
+    as_pixels = pyfunc.predict(raw.astype(np.float32))  # normalized false by default: 0..255
+    assert np.allclose(as_pixels, pyfunc.predict(normalised, params={"normalized": True}), atol=1e-6)
+    assert as_pixels.shape == (2, len(CLASSES)) and np.allclose(as_pixels.sum(1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match=r"are not pixel values 0-255.*normalized.*true"):
+        pyfunc.predict(normalised)  # normalised frames sent as pixels: refused, not misread
+    with pytest.raises(ValueError, match=r"are not normalised frames.*normalized false"):
+        pyfunc.predict(raw.astype(np.float32), params={"normalized": True})  # pixels sent as normalised
+
+
+def test_mlflow_models_serve_answers_as_predict_does(registered, tmp_path):
+    """``mlflow models serve --env-manager local`` on a loopback port: a REST request of pixel values
+    and one of normalised frames give ``predict``'s probabilities."""
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    import uvicorn
+
+    uri, model_uri, raw, normalised = registered
+    expected = mlflow.pyfunc.load_model(model_uri).predict(raw.astype(np.float32))
+    # the server execs ``uvicorn``: the scripts folder of the environment uvicorn is installed in
+    # (<venv>/lib/pythonX.Y/site-packages/uvicorn -> <venv>/bin) goes first on PATH
+    scripts = [Path(sys.executable).parent, Path(uvicorn.__file__).parents[4] / "bin"]
+    path = os.pathsep.join([*map(str, scripts), os.environ.get("PATH", "")])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
+                             "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            env={**env(), "MLFLOW_TRACKING_URI": uri, "PATH": path}, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("w"))
+    try:
+        for _ in range(120):  # up to 60 s to start
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(0.5)
+        for frames, normalized in ((raw.astype(np.float32), False), (normalised, True)):
+            body = json.dumps({"inputs": {"frames": frames.tolist()}, "params": {"normalized": normalized}})
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body.encode(),
+                                         {"Content-Type": "application/json"})
+            got = np.asarray(json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"])
+            assert np.allclose(got, expected, atol=1e-5), normalized
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -254,12 +254,13 @@ def test_champion_pyfunc_takes_named_inputs_for_flow_models(tmp_path):
 
 
 def test_champion_pyfunc_normalises_uint8_frames(tmp_path):
-    """ClipDataset gives uint8 frames: the champion takes them as they are, or float32 already normalised."""
+    """ClipDataset gives uint8 frames: the champion takes them as they are (or as float pixel values),
+    or float32 already normalised when params say normalized."""
     from egomodel.data.transforms import normalize_frames
 
     _, pyfunc = _champion(tmp_path, _cfg("attention"))
     raw = np.random.default_rng(0).integers(0, 256, (2, 3, 3, SIZE, SIZE), dtype=np.uint8)
     as_uint8 = pyfunc.predict(None, raw)
-    as_float = pyfunc.predict(None, normalize_frames(torch.from_numpy(raw)).numpy())
+    as_float = pyfunc.predict(None, normalize_frames(torch.from_numpy(raw)).numpy(), params={"normalized": True})
     assert np.allclose(as_uint8, as_float, atol=1e-6)
-    assert not np.allclose(as_uint8, pyfunc.predict(None, raw.astype(np.float32)), atol=1e-3)  # 0..255 as floats
+    assert np.allclose(as_uint8, pyfunc.predict(None, raw.astype(np.float32)), atol=1e-6)  # 0..255 as floats

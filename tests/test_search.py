@@ -67,7 +67,7 @@ def test_champion_loads_and_predicts(searched):
     model = mlflow.pyfunc.load_model("models:/egosearch-test_space@champion")
     classes = model.metadata.metadata["classes"]
     x = np.random.default_rng(0).standard_normal((2, 3, 3, 64, 64)).astype(np.float32)
-    probs = np.asarray(model.predict(x))
+    probs = np.asarray(model.predict(x, params={"normalized": True}))
     assert probs.shape == (2, len(classes)) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 

@@ -1,10 +1,14 @@
 """The champion: the best trial's checkpoint as an MLflow pyfunc model with alias ``champion``.
 
-``mlflow.pyfunc.load_model("models:/NAME@champion").predict(x)`` takes (B, T, 3, H, W) frames, either
-uint8 as ``egomodel``'s datasets give them (normalised here) or float32 already normalised, and
-returns (B, num_classes) class probabilities; the class names are in the model's metadata
-(``model.metadata.metadata["classes"]``). Flow and two-stream models take a dict
-``{"flow": (B, [S,] 2*stack, H, W)}`` / ``{"frames": ..., "flow": ...}`` instead.
+``mlflow.pyfunc.load_model("models:/NAME@champion").predict(x, params={"normalized": False})`` takes
+(B, T, 3, H, W) float32 ``frames`` and returns (B, num_classes) class probabilities; the class names are
+in the model's metadata (``model.metadata.metadata["classes"]``). The signature's ``normalized`` parameter
+says what the frames hold: false (the default) pixel values 0-255, what the data sets' uint8 frames
+become in a JSON request (``frames.astype(np.float32)`` in Python: MLflow refuses uint8 against a float32
+spec), normalised here as in training; true: frames already normalised as the data pipeline does. Values
+that cannot be what ``normalized`` says (negative pixels, "normalised" values beyond ImageNet's range) are
+refused with an error, so raw pixels are never read as normalised frames. Flow and two-stream models take
+``{"flow": (B, S, 2*stack, H, W)}`` / ``{"frames": ..., "flow": ...}``; the flag concerns the frames only.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
+from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
 ALIAS = "champion"
 _REPO = Path(__file__).resolve().parents[2]  # the checkout: egomodel/ and tuning/ go with the model
+NORMALIZED_RANGE = 3.0  # ImageNet-normalised pixels lie within about [-2.12, 2.64]
 
 
 class EgoRNNModel(PythonModel):
@@ -30,31 +37,64 @@ class EgoRNNModel(PythonModel):
         import torch
 
         keys = self.model.input_keys
+        normalized = (params or {}).get("normalized", False)
+        if not isinstance(normalized, (bool, np.bool_)):
+            raise ValueError(f"params normalized must be true or false, not {normalized!r}")
         if isinstance(model_input, dict):  # flow and two_stream models: {"frames": ..., "flow": ...}
             missing = [k for k in keys if k not in model_input]
             if missing:
                 raise ValueError(f"this {self.cfg.model.variant} model needs inputs {list(keys)}; missing {missing}")
-            xs = [_tensor(k, model_input[k]) for k in keys]
+            xs = [_tensor(k, model_input[k], normalized) for k in keys]
         else:
-            xs = [_tensor(keys[0], model_input)]
+            xs = [_tensor(keys[0], model_input, normalized)]
         with torch.no_grad():
             return torch.softmax(self.model(*xs).logits.float(), dim=1).numpy()
 
 
-def _tensor(key: str, value: Any) -> Any:
-    """One model input as float32: uint8 frames (what ClipDataset returns) are normalised as in training."""
+def _tensor(key: str, value: Any, normalized: bool) -> Any:
+    """One model input as float32. Frames: uint8 or float pixel values 0-255 (``normalized`` false) are
+    normalised as in training; normalised frames (``normalized`` true) are taken as they are."""
     import torch
 
-    from egomodel.data.transforms import normalize_frames
+    from egomodel.data.transforms import MEAN, STD
 
     arr = np.asarray(value)
-    if key == "frames" and arr.dtype == np.uint8:
-        return normalize_frames(torch.from_numpy(arr))
-    return torch.as_tensor(arr.astype(np.float32, copy=False))
+    if key != "frames":
+        return torch.as_tensor(arr.astype(np.float32, copy=False))
+    if arr.dtype == np.uint8 and normalized:
+        raise ValueError("frames: uint8 frames are pixel values 0-255, but params normalized is true")
+    x = torch.as_tensor(arr.astype(np.float32, copy=False))
+    low, high = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
+    if normalized:
+        if low < -NORMALIZED_RANGE or high > NORMALIZED_RANGE:
+            raise ValueError(f"frames: values {low:g}..{high:g} are not normalised frames (those lie within about "
+                             f"+-{NORMALIZED_RANGE:g}); send pixel values 0-255 with params normalized false")
+        return x
+    if low < 0 or high > 255:
+        raise ValueError(f"frames: values {low:g}..{high:g} are not pixel values 0-255; frames already "
+                         "normalised need params {\"normalized\": true}")
+    mean, std = torch.as_tensor(MEAN).view(3, 1, 1), torch.as_tensor(STD).view(3, 1, 1)
+    return (x / 255.0 - mean) / std  # egomodel.data.transforms.normalize_frames on uint8, in float
+
+
+def signature(cfg: Any) -> tuple[ModelSignature, dict[str, np.ndarray]]:
+    """The pyfunc's signature for a model of ``cfg`` (float32 tensors named as its inputs, the
+    ``normalized`` flag) and an input example: one clip of one black frame, pixel values."""
+    d, size = cfg.data, cfg.data.image_size
+    channels = {"frames": 3, "flow": 2 * d.flow_stack}
+    keys = {"flow": ("flow",), "two_stream": ("frames", "flow")}.get(cfg.model.variant, ("frames",))
+    specs = [TensorSpec(np.dtype(np.float32), (-1, -1, channels[k], size, size), k) for k in keys]
+    params = ParamSchema([ParamSpec("normalized", "boolean", False)])
+    example = {k: np.zeros((1, 1, channels[k], size, size), np.float32) for k in keys}
+    return ModelSignature(inputs=Schema(specs), params=params), example
 
 
 def register(client: mlflow.MlflowClient, run_id: str, checkpoint: Path, classes: list[str], name: str) -> str:
     """Log the checkpoint as a pyfunc model in the trial's run, register it, point ``champion`` at it."""
+    from egomodel.config import from_dict
+    from egomodel.model.checkpoint import load
+
+    sig, example = signature(from_dict(load(checkpoint)["config"], {"model.pretrained": "none"}))
     mlflow.set_tracking_uri(client.tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
@@ -63,6 +103,8 @@ def register(client: mlflow.MlflowClient, run_id: str, checkpoint: Path, classes
             artifacts={"checkpoint": str(checkpoint)},
             code_paths=[str(_REPO / "egomodel"), str(_REPO / "tuning")],
             metadata={"classes": classes},
+            signature=sig,
+            input_example=(example, {"normalized": False}),
             pip_requirements=["torch", "torchvision", "numpy", "pillow", "pyyaml"],
         )
     version = mlflow.register_model(info.model_uri, name)
