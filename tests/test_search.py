@@ -194,6 +194,12 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_root):
     assert len(complete) == 2 and all(sorted(t.intermediate_values) == [1, 2, 3, 4] for t in complete)
     assert len(study.trials) - 2 == len(interrupted) and all(
         t.state.name == "FAIL" for t in study.trials if t not in complete), study.trials
+    # Optuna's states are Ray's: each Optuna trial names its Ray trial; a complete one has Ray's final score
+    finals = {r["trial_id"]: r["val_top1"] for t in trials for r in map(json.loads, (
+        exp_dir / t / "result.json").read_text().splitlines()) if r.get("final")}
+    assert {t.user_attrs["ray_trial_id"]: t.value for t in complete} == finals
+    assert sorted(t.user_attrs["ray_trial_id"] for t in study.trials if t not in complete) == sorted(
+        r.data.tags["ray.trial_id"] for r in interrupted)
 
 
 @pytest.mark.parametrize(
