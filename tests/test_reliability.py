@@ -17,7 +17,8 @@ from tests.conftest import free_port, write_space
 from tuning.space import load_space
 from tuning.tracking import mlflow_runs, write_retry
 from tuning.tracking.callback import MlflowCallback
-from tuning.tracking.mlflow_runs import TrackingError, check_reachable, parent_run
+from tuning.tracking.mlflow_runs import TrackingError, artifact_root, check_reachable, experiment_id, parent_run
+from tuning.tracking.policy import LOG_CHECKPOINTS, logs_weights
 from tuning.tracking.trial_files import error_reason
 
 FPE = "FloatingPointError: training loss is nan (stage 1 epoch 2/3); lower the learning rate or alpha"
@@ -111,10 +112,10 @@ def space(tmp_path):
     return load_space(write_space(tmp_path))
 
 
-def new_callback(uri: str, space, name: str = "exp") -> tuple[MlflowCallback, str]:
+def new_callback(uri: str, space, name: str = "exp", policy: str = "best") -> tuple[MlflowCallback, str]:
     client = check_reachable(uri)
     parent = parent_run(client, name, f"/ray/{name}", space, "fingerprint", resume=False)
-    return MlflowCallback(uri, parent, space, {"data.root": "/data", "train.seed": 0}), parent
+    return MlflowCallback(uri, parent, space, {"data.root": "/data", "train.seed": 0}, policy), parent
 
 
 # ----------------------------------------------------------------------------------- failed trials
@@ -252,6 +253,55 @@ def test_a_resumed_search_ends_the_runs_ray_lost_and_leaves_none_running(tmp_pat
     assert runs["kept"].info.status == "FINISHED"
     assert all(r.info.status != "RUNNING" for r in runs.values()), {k: r.info.status for k, r in runs.items()}
     assert runs["rerun"].data.tags["egosearch.outcome"] == "interrupted"
+
+
+# ------------------------------------------------------------------------ what MLflow keeps
+def test_log_checkpoints_decides_which_runs_keep_weights(tmp_path, space):
+    """Issue 13, defect 9: ``--log-checkpoints``. ``best``: finished trials only; ``all``: an early-stopped
+    trial also keeps the best weights of its last Ray checkpoint (never the resume state); ``none`` and
+    ``champion-only``: no weights while the search runs, the finished trial's results still logged."""
+    assert [logs_weights(p, True) for p in LOG_CHECKPOINTS] == [True, True, False, False]
+    assert [logs_weights(p, False) for p in LOG_CHECKPOINTS] == [False, True, False, False]
+    with pytest.raises(ValueError, match="--log-checkpoints 'every'"):
+        new_callback(f"sqlite:///{tmp_path / 'm.db'}", space, policy="every")
+    from ray import tune
+
+    kept = {}
+    for policy in ("all", "none"):
+        cb, parent = new_callback(f"sqlite:///{tmp_path / 'm.db'}", space, policy, policy)
+        done, stopped = FakeTrial("done", tmp_path / policy), FakeTrial("stopped", tmp_path / policy)
+        run_trial_events(cb, done, range(1, 8), tmp_path / policy)
+        run_trial_events(cb, stopped, range(1, 5))
+        resume = tmp_path / policy / "resume_ckpt"  # Ray's last checkpoint of the stopped trial, in stage 2
+        resume.mkdir()
+        (resume / "last.pt").write_bytes(b"resume state")
+        (resume / "stage2_best.pt").write_bytes(b"weights")
+        stopped.checkpoint = tune.Checkpoint.from_directory(str(resume))
+        cb.on_trial_complete(0, [], stopped)
+        cb.on_experiment_end([])
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+        kept[policy] = {t: artifact_paths(client, r.info.run_id) for t, r in children(client, parent).items()}
+    assert {"checkpoint/stage3_best.pt", "metrics.json", "plots/cam_val.png"} <= kept["all"]["done"]
+    assert kept["all"]["stopped"] == {"checkpoint/stage2_best.pt"}
+    assert {"metrics.json", "plots/cam_val.png"} <= kept["none"]["done"]
+    assert not any(p.startswith("checkpoint/") for p in kept["none"]["done"]) and kept["none"]["stopped"] == set()
+
+
+def test_artifacts_go_beside_a_sqlite_store_not_where_the_search_started(tmp_path, monkeypatch):
+    (tmp_path / "started_here").mkdir()
+    monkeypatch.chdir(tmp_path / "started_here")
+    store = tmp_path / "store" / "mlflow.db"
+    store.parent.mkdir()
+    assert artifact_root(f"sqlite:///{store}", None) == str(tmp_path / "store" / "mlartifacts")
+    assert artifact_root(f"sqlite:///{store}", "arts") == str(tmp_path / "started_here" / "arts")
+    assert artifact_root("http://head:5000", None) is None  # the tracking server decides
+    assert artifact_root("http://head:5000", "s3://bucket/mlflow") == "s3://bucket/mlflow"
+    client = check_reachable(f"sqlite:///{store}")
+    exp = client.get_experiment(experiment_id(client, "e", artifact_root(f"sqlite:///{store}", None)))
+    assert exp.artifact_location.removeprefix("file://") == str(tmp_path / "store" / "mlartifacts")
+    with pytest.raises(TrackingError, match="already keeps its artifacts at .*another --experiment"):
+        experiment_id(client, "e", str(tmp_path / "elsewhere"), explicit=True)
+    assert list((tmp_path / "started_here").iterdir()) == []
 
 
 # ------------------------------------------------------------- writes off Tune's event loop

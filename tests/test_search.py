@@ -61,6 +61,18 @@ def test_smoke_search_records_everything_in_mlflow(searched):
             assert child.info.status == "KILLED"
 
 
+def test_a_search_started_elsewhere_writes_nothing_where_it_started(smoke_search):
+    """Issue 13, defect 9: with every store named by a flag, the folder the search was started from stays
+    empty; MLflow's artifacts (checkpoints, the champion model) are beside its SQLite store."""
+    assert sorted(p.name for p in smoke_search.started_in.iterdir()) == []
+    client = client_of(smoke_search.folder)
+    exp = client.get_experiment_by_name("test_space")
+    assert exp.artifact_location.removeprefix("file://") == str(smoke_search.folder / "mlartifacts")
+    assert list((smoke_search.folder / "mlartifacts").rglob("stage*_best.pt"))
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`egosearch.ray_path` != ''")
+    assert parent.data.params["log_checkpoints"] == "best"
+
+
 def test_champion_loads_and_predicts(searched):
     tmp, *_ = searched
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")

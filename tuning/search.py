@@ -36,7 +36,15 @@ from tuning.space.load import load_space
 from tuning.space.rungs import resolve_rungs
 from tuning.space.sampling import decode, runtime_overrides
 from tuning.space.types import SearchSpace
-from tuning.tracking.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
+from tuning.tracking.mlflow_runs import (
+    TrackingError,
+    artifact_root,
+    check_reachable,
+    experiment_id,
+    find_parent,
+    parent_run,
+)
+from tuning.tracking.policy import CHECKPOINT_DIR, LOG_CHECKPOINTS, POLICY_PARAM
 
 REPO = Path(__file__).resolve().parents[1]
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")  # pyarrow filesystems Ray can use
@@ -67,6 +75,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start", default=None, metavar="STUDY_OR_EXPERIMENT",
                    help="add the finished trials of an earlier search's study that fit this space before the first "
                         "trial (a study of that name in --optuna-storage, else that MLflow experiment's study)")
+    p.add_argument("--artifact-root", default=None, metavar="PATH_OR_URI",
+                   help="where a new MLflow experiment keeps its artifacts (a folder, s3://...); default: "
+                        "mlartifacts/ beside a SQLite --tracking-uri, the server's choice for http://")
+    p.add_argument("--log-checkpoints", default=None, choices=LOG_CHECKPOINTS,
+                   help="which trial runs keep their best weights in MLflow: best (default: finished trials), "
+                        "all (early-stopped ones too), champion-only (logged at the end), none; set when a "
+                        "search starts")
     p.add_argument("--no-stage-store", action="store_true",
                    help="compute every trial's stages itself (default: share identical stage prefixes)")
     return p
@@ -220,6 +235,16 @@ def run(args: argparse.Namespace) -> int:
     name = args.experiment or space.name
     tracking_uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
     client = check_reachable(tracking_uri)
+    artifacts = artifact_root(tracking_uri, args.artifact_root)
+    if args.artifact_root and client.get_experiment_by_name(name):  # it keeps its artifacts elsewhere: refused
+        experiment_id(client, name, artifacts, explicit=True)
+    if args.artifact_root and "://" not in artifacts:
+        try:
+            Path(artifacts).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SearchError(f"--artifact-root {artifacts}: cannot create the folder: {e.strerror or e}") from None
+    if args.resume and args.log_checkpoints:
+        raise SearchError("--log-checkpoints is set when a search starts; a resumed search keeps its own")
 
     from ray import tune
 
@@ -258,7 +283,9 @@ def run(args: argparse.Namespace) -> int:
     except storage_check.StorageError as e:
         raise SearchError(str(e)) from None
     print(checked)
-    parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume, data_root)
+    policy = args.log_checkpoints or "best"
+    parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume, data_root, artifacts,
+                           {POLICY_PARAM: policy})
     if not args.resume:
         client.set_tag(parent_id, STORAGE_TAG, study_uri)
         client.set_tag(parent_id, STUDY_TAG, name)
@@ -285,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage,
-                callbacks=[MlflowCallback(tracking_uri, parent_id, space, extra)],
+                callbacks=[MlflowCallback(tracking_uri, parent_id, space, extra, policy)],
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
@@ -315,6 +342,9 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     with best.checkpoint.as_directory() as d:
         ckpt = next(Path(d).glob("stage*_best.pt"))
         from egomodel.model.checkpoint import load
+
+        if client.get_run(parent_id).data.params.get(POLICY_PARAM) == "champion-only":
+            client.log_artifact(run_id, str(ckpt), CHECKPOINT_DIR)  # what tuning.export reads
 
         classes = list(load(ckpt)["classes"])
         model_name = args.model_name or f"egosearch-{name}"

@@ -48,11 +48,7 @@ Replays are harmless: runs are found again by their trial tag before one is crea
 the timestamp of their first attempt, tags and params are idempotent, an artifact already there with
 the same size is not uploaded again.
 
-What a trial's run keeps (``--log-checkpoints``, :data:`LOG_CHECKPOINTS`): ``best`` (default) the best
-checkpoint of a finished trial, ``all`` also the best weights of an early-stopped trial's last Ray
-checkpoint, ``champion-only`` and ``none`` no weights (the search logs the champion's at its end for
-``champion-only``); every finished trial keeps its metrics, confusion matrix and pictures, every
-early-stopped one its curves.
+What a trial's run keeps follows ``--log-checkpoints`` (:mod:`tuning.tracking.policy`).
 """
 
 from __future__ import annotations
@@ -76,24 +72,15 @@ from egomodel.config import flatten
 from tuning.space.sampling import trial_config
 from tuning.space.types import SearchSpace
 from tuning.tracking.mlflow_runs import note_undelivered, quick_http
+from tuning.tracking.policy import CHECKPOINT_DIR, logs_weights
 from tuning.tracking.tags import OUTCOME_TAG, TRIAL_TAG
 from tuning.tracking.trial_files import curves_png, error_reason, error_text
 from tuning.tracking.write_retry import Dropped, flush_timeout, is_permanent, now_ms, one_line
 
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "lr", "data_wait_fraction", "stage")
 PLOTS_DIR = "plots"
-CHECKPOINT_DIR = "checkpoint"  # a trial run's *_best.pt files (what tuning.export reads)
-LOG_CHECKPOINTS = ("best", "all", "champion-only", "none")  # --log-checkpoints
 ASYNC_BATCHES = 1000  # metric/tag writes sent to MLflow before waiting for their confirmation
 MAX_METRICS, MAX_TAGS = 1000, 100  # MLflow's limits for one log_batch
-
-
-def logs_weights(policy: str, finished: bool) -> bool:
-    """Whether a trial's run gets its best weights under ``--log-checkpoints policy`` (``finished``: the
-    trial ran its whole schedule; else the scheduler stopped it early)."""
-    if policy not in LOG_CHECKPOINTS:
-        raise ValueError(f"--log-checkpoints {policy!r}: expected one of {', '.join(LOG_CHECKPOINTS)}")
-    return policy == "all" or (policy == "best" and finished)
 
 
 # --------------------------------------------------------------------------- the write queue
