@@ -17,7 +17,14 @@ from tests.conftest import free_port, write_space
 from tuning.space import load_space
 from tuning.tracking import mlflow_runs, write_retry
 from tuning.tracking.callback import MlflowCallback
-from tuning.tracking.mlflow_runs import TrackingError, artifact_root, check_reachable, experiment_id, parent_run
+from tuning.tracking.mlflow_runs import (
+    TrackingError,
+    artifact_root,
+    check_artifact_root,
+    check_reachable,
+    experiment_id,
+    parent_run,
+)
 from tuning.tracking.policy import LOG_CHECKPOINTS, logs_weights
 from tuning.tracking.trial_files import error_reason
 
@@ -301,6 +308,9 @@ def test_artifacts_go_beside_a_sqlite_store_not_where_the_search_started(tmp_pat
     assert exp.artifact_location.removeprefix("file://") == str(tmp_path / "store" / "mlartifacts")
     with pytest.raises(TrackingError, match="already keeps its artifacts at .*another --experiment"):
         experiment_id(client, "e", str(tmp_path / "elsewhere"), explicit=True)
+    for bad in ("/dev/null/arts", "s3://no-such-bucket-egosearch/arts"):  # MLflow could never write there
+        with pytest.raises(TrackingError, match=f"--artifact-root {bad}: MLflow cannot store artifacts there"):
+            check_artifact_root(bad)
     assert list((tmp_path / "started_here").iterdir()) == []
 
 

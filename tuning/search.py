@@ -39,6 +39,7 @@ from tuning.space.types import SearchSpace
 from tuning.tracking.mlflow_runs import (
     TrackingError,
     artifact_root,
+    check_artifact_root,
     check_reachable,
     experiment_id,
     find_parent,
@@ -238,11 +239,8 @@ def run(args: argparse.Namespace) -> int:
     artifacts = artifact_root(tracking_uri, args.artifact_root)
     if args.artifact_root and client.get_experiment_by_name(name):  # it keeps its artifacts elsewhere: refused
         experiment_id(client, name, artifacts, explicit=True)
-    if args.artifact_root and "://" not in artifacts:
-        try:
-            Path(artifacts).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SearchError(f"--artifact-root {artifacts}: cannot create the folder: {e.strerror or e}") from None
+    if args.artifact_root:
+        check_artifact_root(artifacts)
     if args.resume and args.log_checkpoints:
         raise SearchError("--log-checkpoints is set when a search starts; a resumed search keeps its own")
 

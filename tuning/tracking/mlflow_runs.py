@@ -91,6 +91,24 @@ def artifact_root(tracking_uri: str, given: str | None) -> str | None:
     return None
 
 
+def check_artifact_root(artifacts: str) -> None:
+    """An ``--artifact-root`` MLflow cannot write fails before any trial starts: a local folder is made,
+    a URI's artifact repository is opened and listed (its client library installed, the bucket there)."""
+    try:
+        if "://" not in artifacts:
+            Path(artifacts).mkdir(parents=True, exist_ok=True)
+            if not os.access(artifacts, os.W_OK):
+                raise PermissionError("not writable")
+            return
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        with quick_http():
+            get_artifact_repository(artifacts).list_artifacts()
+    except Exception as e:  # a missing boto3, a bucket that does not exist, an unwritable folder
+        raise TrackingError(f"--artifact-root {artifacts}: MLflow cannot store artifacts there: "
+                            f"{one_line(e)}") from None
+
+
 def experiment_id(client: MlflowClient, name: str, artifacts: str | None, explicit: bool = False) -> str:
     """The experiment ``name``, created with its artifacts at ``artifacts`` when new. An existing one keeps
     where it stores them; an explicit ``--artifact-root`` elsewhere is refused."""
