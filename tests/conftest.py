@@ -95,12 +95,14 @@ def load_study(tmp: Path, name: str = "test_space") -> Any:
 class SmokeSearch:
     """A finished three-trial smoke search (``test_space``, 2 at a time, ASHA) in ``folder``: Ray's
     results in ``folder/ray_results``, MLflow in ``folder/mlflow.db`` with artifacts under
-    ``folder/mlruns``, the Optuna study in ``folder/optuna.db``, the driver's output in ``stdout``, and
-    the trial counts a reader of the study saw while the search ran. Tests read it; a test that writes to
-    MLflow (a retrain, a UI server) takes its own copy of the store with :meth:`own_store`."""
+    ``folder/mlartifacts``, the Optuna study in ``folder/optuna.db``, the driver's output in ``stdout``, and
+    the trial counts a reader of the study saw while the search ran. It was started from ``started_in``,
+    another folder, with every store named by a flag. Tests read it; a test that writes to MLflow (a
+    retrain, a UI server) takes its own copy of the store with :meth:`own_store`."""
 
-    def __init__(self, folder: Path, stdout: str, study_trials_seen: list[int]) -> None:
+    def __init__(self, folder: Path, stdout: str, study_trials_seen: list[int], started_in: Path) -> None:
         self.folder, self.stdout, self.study_trials_seen = folder, stdout, study_trials_seen
+        self.started_in = started_in
         self.exp_dir = folder / "ray_results" / "test_space"
 
     def own_store(self, dest: Path) -> str:
@@ -115,9 +117,12 @@ def smoke_search(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path):
     the UI and the benchmark figures are all read from it (each search costs a minute here). While it
     runs, its study is read from optuna.db as a user would."""
     tmp = tmp_path_factory.mktemp("search")
+    start = tmp_path_factory.mktemp("started_in")  # the search must write nothing here
     space = write_space(tmp, num_samples=3, max_concurrent=2)
+    stores = ("--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--storage", str(tmp / "ray_results"),
+              "--optuna-storage", f"sqlite:///{tmp / 'optuna.db'}")
     with (tmp / "out.txt").open("w+") as out, (tmp / "err.txt").open("w+") as err:
-        proc = subprocess.Popen(search_cmd(space, tiny_root), cwd=tmp, env=env(), stdout=out, stderr=err)
+        proc = subprocess.Popen(search_cmd(space, tiny_root, *stores), cwd=start, env=env(), stdout=out, stderr=err)
         seen = []
         deadline = time.time() + 900
         while proc.poll() is None and time.time() < deadline:
@@ -131,8 +136,8 @@ def smoke_search(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path):
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    yield SmokeSearch(tmp, stdout, seen)
-    for heavy in ("ray_results", "mlruns"):  # checkpoints and the model: hundreds of MB
+    yield SmokeSearch(tmp, stdout, seen, start)
+    for heavy in ("ray_results", "mlartifacts"):  # checkpoints and the model: hundreds of MB
         shutil.rmtree(tmp / heavy, ignore_errors=True)
 
 

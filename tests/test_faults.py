@@ -17,7 +17,7 @@ import torch
 from egomodel.data.dataset import load_bundle
 from egomodel.model import checkpoint as ck
 from egomodel.training.engine import train
-from tests.conftest import client_of, env, kill_session, search_cmd, tiny_config, write_space
+from tests.conftest import client_of, env, kill_session, load_study, search_cmd, tiny_config, write_space
 from tests.test_reliability import artifact_paths, children, steps
 from tuning.execution.trainable import FAULT_KILL_ENV
 from tuning.search import RECORD
@@ -70,6 +70,10 @@ def test_worker_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path, tiny_root
         logged = sorted((m.step, m.value) for m in client.get_metric_history(rid, key))
         assert logged == [(h["global_epoch"], h[key]) for h in ref["history"]], key
     assert client.get_metric_history(rid, "best_val_top1")[0].value == ref["val_top1"]
+    # Ray's retry finished the trial: Optuna was never told FAIL (issue 13, defect 6)
+    (ot,) = load_study(tmp_path).trials
+    assert ot.state.name == "COMPLETE" and ot.value == ref["val_top1"]
+    assert ot.user_attrs["ray_trial_id"] == run.data.tags["ray.trial_id"]
     assert rows[-1]["val_top1"] == ref["val_top1"]
     weights = ck.load(client.download_artifacts(rid, "checkpoint/stage3_best.pt", str(tmp_path)))["model"]
     expected = ck.load(tmp_path / "reference" / "checkpoints" / ck.best_name(3))["model"]

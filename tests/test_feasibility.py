@@ -115,3 +115,49 @@ def test_search_refuses_a_space_no_node_of_the_local_ray_can_run(tmp_path: Path,
     assert "Traceback" not in proc.stderr
     client = client_of(tmp_path)
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()]), "no parent run"
+
+
+MOUNTS = """/dev/vda / ext4 rw 0 0
+tmpfs /tmp tmpfs rw 0 0
+nas:/export /mnt/nfs nfs4 rw 0 0
+s3fs /mnt/bucket fuse.s3fs rw 0 0
+"""
+
+
+def test_storage_on_one_nodes_disk_is_refused_when_nodes_join_later(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RayJob (KubeRay) or a `ray up` head with a growing worker type, and --storage left at a folder of
+    the head's own disk: refused before anything starts, naming the path, its filesystem and why nodes
+    join later. A shared mount, a URI, or a cluster that adds no nodes pass."""
+    from tuning.execution.storage_check import (
+        StorageError,
+        filesystem_type,
+        refuse_local_storage_when_nodes_come_later,
+    )
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(MOUNTS)
+    assert filesystem_type("/mnt/nfs/runs", str(mounts)) == "nfs4"
+    assert filesystem_type("/mnt/nfsother", str(mounts)) == "ext4"  # a prefix of a name is not a mount point
+    assert filesystem_type("/tmp/x", str(mounts)) == "tmpfs"
+
+    monkeypatch.delenv(fz.KUBERAY_ENV, raising=False)
+    monkeypatch.setattr(fz, "BOOTSTRAP_CONFIG", str(tmp_path / "absent.yaml"))
+    assert fz.adds_nodes_later() is None  # a fixed cluster: the check of the nodes alive now is enough
+    monkeypatch.setenv(fz.KUBERAY_ENV, "egosearch")
+    later = fz.adds_nodes_later()
+    assert "KubeRay" in later
+    with pytest.raises(StorageError) as e:
+        refuse_local_storage_when_nodes_come_later("/home/ray/ray_results", later, str(mounts))
+    assert "/home/ray/ray_results" in str(e.value) and "ext4" in str(e.value) and "KubeRay" in str(e.value)
+    with pytest.raises(StorageError):
+        refuse_local_storage_when_nodes_come_later("file:///tmp/runs", later, str(mounts))
+    for shared in ("/mnt/nfs/runs", "/mnt/bucket/runs", "s3://bucket/egosearch", "gs://b/e"):
+        refuse_local_storage_when_nodes_come_later(shared, later, str(mounts))
+    refuse_local_storage_when_nodes_come_later("/home/ray/ray_results", None, str(mounts))
+
+    monkeypatch.delenv(fz.KUBERAY_ENV)
+    boot = tmp_path / "boot.yaml"
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster.yaml").read_text())
+    boot.write_text(yaml.safe_dump(cfg))
+    assert "gpu_worker" in fz.adds_nodes_later(str(boot))  # cluster.yaml's GPU workers start at 0

@@ -46,6 +46,9 @@ def _values(tmp: Path, root: Path, good_space: Path) -> dict[str, st.SearchStrat
         "--tracking-uri": st.one_of(st.sampled_from(["sqlite:///{here}/mlflow.db", f"http://127.0.0.1:{free_port()}",
                                                      "file://{here}/mlruns", "badscheme://x", "", "relative_store"]),
                                     _SAFE_TEXT),
+        "--artifact-root": st.one_of(st.sampled_from(["{here}/arts", "s3://bucket/arts", "/dev/null/x", ""]),
+                                     _SAFE_TEXT),
+        "--log-checkpoints": st.one_of(st.sampled_from(["best", "all", "champion-only", "none", "every"]), _SAFE_TEXT),
         "--experiment": st.one_of(st.sampled_from(["a/b", "..", "../up", ".", "x y", "é", "a:b", " "]), _SAFE_TEXT),
         "--model-name": st.one_of(st.sampled_from(["m", "a/b", "a:b", " ", ""]), _SAFE_TEXT),
     }

@@ -17,7 +17,15 @@ from tests.conftest import free_port, write_space
 from tuning.space import load_space
 from tuning.tracking import mlflow_runs, write_retry
 from tuning.tracking.callback import MlflowCallback
-from tuning.tracking.mlflow_runs import TrackingError, check_reachable, parent_run
+from tuning.tracking.mlflow_runs import (
+    TrackingError,
+    artifact_root,
+    check_artifact_root,
+    check_reachable,
+    experiment_id,
+    parent_run,
+)
+from tuning.tracking.policy import LOG_CHECKPOINTS, logs_weights
 from tuning.tracking.trial_files import error_reason
 
 FPE = "FloatingPointError: training loss is nan (stage 1 epoch 2/3); lower the learning rate or alpha"
@@ -111,10 +119,10 @@ def space(tmp_path):
     return load_space(write_space(tmp_path))
 
 
-def new_callback(uri: str, space, name: str = "exp") -> tuple[MlflowCallback, str]:
+def new_callback(uri: str, space, name: str = "exp", policy: str = "best") -> tuple[MlflowCallback, str]:
     client = check_reachable(uri)
     parent = parent_run(client, name, f"/ray/{name}", space, "fingerprint", resume=False)
-    return MlflowCallback(uri, parent, space, {"data.root": "/data", "train.seed": 0}), parent
+    return MlflowCallback(uri, parent, space, {"data.root": "/data", "train.seed": 0}, policy), parent
 
 
 # ----------------------------------------------------------------------------------- failed trials
@@ -164,6 +172,7 @@ def test_early_stopped_trial_is_killed_with_its_curves(tmp_path, space):
     with open(Path(t.local_path) / "result.json", "w") as f:  # what Ray's JSON logger wrote on the driver
         f.writelines(json.dumps(epoch_result(g)) + "\n" for g in range(1, 5))
     cb.on_trial_complete(0, [], t)  # ASHA stopped it at epoch 4
+    assert cb.flush()
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
     run = children(client, parent)["t"]
     assert run.info.status == "KILLED" and run.data.tags["egosearch.outcome"] == "early_stopped"
@@ -184,11 +193,13 @@ def test_replayed_epochs_of_a_retried_trial_are_logged_once(tmp_path, space):
     replayed = [{**epoch_result(g), "train_loss": 9.0} for g in (3, 4)]  # from a checkpoint at epoch 2
     for r in replayed:
         cb.on_trial_result(0, [], t, r)
+    assert cb.flush()
     # the driver restarts (search --resume): a new callback finds the run and what it holds
     cb2 = MlflowCallback(uri, parent, space, {"data.root": "/data", "train.seed": 0})
     cb2.on_trial_result(0, [], t, {**epoch_result(4), "train_loss": 9.0})  # replayed once more
     cb2.on_trial_result(0, [], t, epoch_result(5))
     run_trial_events(cb2, t, range(6, 8), tmp_path)
+    assert cb2.flush()
     client = mlflow.MlflowClient(uri)
     rid = children(client, parent)["t"].info.run_id
     assert steps(client, rid, "train_loss") == list(range(1, 8))
@@ -204,6 +215,7 @@ def test_a_resumed_driver_logs_no_epoch_twice(tmp_path, space):
     cb.on_trial_start(0, [t], t)
     run_trial_events(cb, t, range(1, 5))
     cb.on_step_end(0, [t])
+    assert cb.flush()
     saved = cb.get_state()
     resumed = MlflowCallback(uri, parent, space, {"data.root": "/data", "train.seed": 0})
     resumed.set_state(saved)  # the driver was killed; --resume restores the callback's state
@@ -211,6 +223,7 @@ def test_a_resumed_driver_logs_no_epoch_twice(tmp_path, space):
         resumed.on_trial_result(0, [t], t, {**epoch_result(g), "train_loss": 9.0})
     run_trial_events(resumed, t, range(5, 8), tmp_path)
     resumed.on_step_end(0, [t])
+    assert resumed.flush()
     client = mlflow.MlflowClient(uri)
     rid = children(client, parent)["t"].info.run_id
     assert steps(client, rid, "train_loss") == list(range(1, 8))
@@ -229,10 +242,12 @@ def test_a_resumed_search_ends_the_runs_ray_lost_and_leaves_none_running(tmp_pat
         cb.on_trial_start(0, [kept, lost], t)
     run_trial_events(cb, lost, range(1, 2))
     cb.on_step_end(0, [kept, lost])  # both runs exist, RUNNING; then the driver is SIGKILLed
+    assert cb.flush()
     resumed = MlflowCallback(uri, parent, space, {"data.root": "/data", "train.seed": 0})
     resumed.set_state(cb.get_state())
     rerun = FakeTrial("rerun", tmp_path, dict(lost.config))  # Ray's searcher asked for it again
     resumed.on_step_end(0, [kept, rerun])
+    assert resumed.flush()
     client = mlflow.MlflowClient(uri)
     runs = children(client, parent)
     assert runs["lost"].info.status == "KILLED" and runs["lost"].data.tags["egosearch.outcome"] == "interrupted"
@@ -247,6 +262,117 @@ def test_a_resumed_search_ends_the_runs_ray_lost_and_leaves_none_running(tmp_pat
     assert runs["rerun"].data.tags["egosearch.outcome"] == "interrupted"
 
 
+# ------------------------------------------------------------------------ what MLflow keeps
+def test_log_checkpoints_decides_which_runs_keep_weights(tmp_path, space):
+    """Issue 13, defect 9: ``--log-checkpoints``. ``best``: finished trials only; ``all``: an early-stopped
+    trial also keeps the best weights of its last Ray checkpoint (never the resume state); ``none`` and
+    ``champion-only``: no weights while the search runs, the finished trial's results still logged."""
+    assert [logs_weights(p, True) for p in LOG_CHECKPOINTS] == [True, True, False, False]
+    assert [logs_weights(p, False) for p in LOG_CHECKPOINTS] == [False, True, False, False]
+    with pytest.raises(ValueError, match="--log-checkpoints 'every'"):
+        new_callback(f"sqlite:///{tmp_path / 'm.db'}", space, policy="every")
+    from ray import tune
+
+    kept = {}
+    for policy in ("all", "none"):
+        cb, parent = new_callback(f"sqlite:///{tmp_path / 'm.db'}", space, policy, policy)
+        done, stopped = FakeTrial("done", tmp_path / policy), FakeTrial("stopped", tmp_path / policy)
+        run_trial_events(cb, done, range(1, 8), tmp_path / policy)
+        run_trial_events(cb, stopped, range(1, 5))
+        resume = tmp_path / policy / "resume_ckpt"  # Ray's last checkpoint of the stopped trial, in stage 2
+        resume.mkdir()
+        (resume / "last.pt").write_bytes(b"resume state")
+        (resume / "stage2_best.pt").write_bytes(b"weights")
+        stopped.checkpoint = tune.Checkpoint.from_directory(str(resume))
+        cb.on_trial_complete(0, [], stopped)
+        cb.on_experiment_end([])
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+        kept[policy] = {t: artifact_paths(client, r.info.run_id) for t, r in children(client, parent).items()}
+    assert {"checkpoint/stage3_best.pt", "metrics.json", "plots/cam_val.png"} <= kept["all"]["done"]
+    assert kept["all"]["stopped"] == {"checkpoint/stage2_best.pt"}
+    assert {"metrics.json", "plots/cam_val.png"} <= kept["none"]["done"]
+    assert not any(p.startswith("checkpoint/") for p in kept["none"]["done"]) and kept["none"]["stopped"] == set()
+
+
+def test_artifacts_go_beside_a_sqlite_store_not_where_the_search_started(tmp_path, monkeypatch):
+    (tmp_path / "started_here").mkdir()
+    monkeypatch.chdir(tmp_path / "started_here")
+    store = tmp_path / "store" / "mlflow.db"
+    store.parent.mkdir()
+    assert artifact_root(f"sqlite:///{store}", None) == str(tmp_path / "store" / "mlartifacts")
+    assert artifact_root(f"sqlite:///{store}", "arts") == str(tmp_path / "started_here" / "arts")
+    assert artifact_root("http://head:5000", None) is None  # the tracking server decides
+    assert artifact_root("http://head:5000", "s3://bucket/mlflow") == "s3://bucket/mlflow"
+    client = check_reachable(f"sqlite:///{store}")
+    exp = client.get_experiment(experiment_id(client, "e", artifact_root(f"sqlite:///{store}", None)))
+    assert exp.artifact_location.removeprefix("file://") == str(tmp_path / "store" / "mlartifacts")
+    with pytest.raises(TrackingError, match="already keeps its artifacts at .*another --experiment"):
+        experiment_id(client, "e", str(tmp_path / "elsewhere"), explicit=True)
+    for bad in ("/dev/null/arts", "s3://no-such-bucket-egosearch/arts"):  # MLflow could never write there
+        with pytest.raises(TrackingError, match=f"--artifact-root {bad}: MLflow cannot store artifacts there"):
+            check_artifact_root(bad)
+    assert list((tmp_path / "started_here").iterdir()) == []
+
+
+# ------------------------------------------------------------- writes off Tune's event loop
+def test_trial_events_return_at_once_while_mlflow_is_slow_and_a_killed_driver_loses_nothing(
+        tmp_path, space, monkeypatch):
+    """Issue 13, defect 7. MLflow answers no write until the test lets it: Ray's hooks still return at
+    once (a 100-epoch trial, e.g. a stage taken from the stage store, and its final checkpoint), and the
+    saved state holds every unconfirmed write. That state, replayed by a resumed driver on a copy of the
+    store made at that moment (the first driver never gets an answer: it was SIGKILLed), delivers every
+    epoch once, the params and the artifacts. Once MLflow answers, the first driver's own writes land
+    too, batched: far fewer store calls than epochs."""
+    import shutil
+    import threading
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    gate, entered, calls, real = threading.Event(), threading.Event(), [], SqlAlchemyStore.log_batch
+
+    def slow_log_batch(self, run_id, metrics, params, tags):
+        if self.db_uri == uri and armed:  # the first driver's store answers once the test lets it
+            entered.set()
+            gate.wait(120)
+            calls.append(len(metrics))
+        return real(self, run_id, metrics, params, tags)
+
+    armed = False
+    monkeypatch.setattr(SqlAlchemyStore, "log_batch", slow_log_batch)  # before MLflow's async queue binds it
+    cb, parent = new_callback(uri, space)
+    armed = True
+    t = FakeTrial("t", tmp_path)
+    t0 = time.monotonic()
+    cb.on_trial_start(0, [t], t)
+    for g in range(1, 101):
+        cb.on_trial_result(0, [t], t, {"global_epoch": g, "stage": 2, "stage_epoch": g, "total_epochs": 101,
+                                       "final": False, "train_loss": 1.0 / g, "val_top1": g / 100})
+    t.last_result = {**epoch_result(7, final=True), "global_epoch": 101, "total_epochs": 101}
+    t.checkpoint = final_checkpoint(tmp_path)
+    cb.on_trial_complete(0, [t], t)
+    assert time.monotonic() - t0 < 5, "Ray's hooks waited for MLflow"
+    assert entered.wait(60)  # the writer thread waits for MLflow's answer to its first write
+    saved = pickle.loads(pickle.dumps(cb.get_state()))  # what Ray keeps with the experiment now
+    assert not calls and [op.kind for op in saved["pending"]] == ["create"] + ["batch"] * 101 + [
+        "artifacts", "batch", "terminate"]
+    shutil.copy2(tmp_path / "m.db", tmp_path / "copy.db")  # the store as the killed driver left it
+    copy = f"sqlite:///{tmp_path / 'copy.db'}"
+    resumed = MlflowCallback(copy, parent, space, {"data.root": "/data", "train.seed": 0})
+    resumed.set_state(saved)
+    resumed.on_experiment_end([t])
+    gate.set()  # MLflow answers the first driver now
+    assert cb.flush(force=True) and cb.pending == 0
+    batched = [n for n in calls if n]  # store calls that carried metrics (the params' call has none)
+    assert sum(batched) == 100 * 3 + 1 and len(batched) <= 3, calls  # 3 metrics an epoch, the final score
+    for store in (uri, copy):
+        client = mlflow.MlflowClient(store)
+        (run,) = children(client, parent).values()
+        assert steps(client, run.info.run_id, "train_loss") == list(range(1, 101)), store
+        assert run.info.status == "FINISHED" and run.data.params["model.alpha"] == "1.0"
+        assert {"checkpoint/stage3_best.pt", "metrics.json"} <= artifact_paths(client, run.info.run_id)
+
+
 # --------------------------------------------------------------------- MLflow server goes away
 def test_mlflow_server_killed_mid_search_nothing_lost(tmp_path, space, server, monkeypatch, capsys):
     """Buffer and retry: the server is SIGKILLed between trial results, the driver is restarted from
@@ -257,7 +383,7 @@ def test_mlflow_server_killed_mid_search_nothing_lost(tmp_path, space, server, m
     a, b = FakeTrial("a", tmp_path), FakeTrial("b", tmp_path)
     cb.on_trial_start(0, [], a)
     run_trial_events(cb, a, range(1, 3))
-    assert cb.pending == 0
+    assert cb.flush() and cb.pending == 0
 
     server.kill()
     t0 = time.monotonic()
@@ -269,7 +395,7 @@ def test_mlflow_server_killed_mid_search_nothing_lost(tmp_path, space, server, m
     for _ in range(20):
         cb.on_step_end(0, [])
     assert time.monotonic() - t0 < 30, "callbacks must not block while MLflow is down"
-    assert cb.pending > 0
+    assert not cb.flush(force=True) and cb.pending > 0
     assert "unreachable" in capsys.readouterr().err
 
     # the experiment ends with the server still down: a clean, resumable stop
@@ -313,7 +439,7 @@ def test_a_write_mlflow_rejects_is_dropped_not_blocking(tmp_path, space, capsys)
     cb.on_trial_start(0, [], t)
     cb._put("t", "batch", tags={"x" * 300: "bad key"})  # MLflow: INVALID_PARAMETER_VALUE, retrying cannot help
     run_trial_events(cb, t, range(1, 8), tmp_path)
-    assert cb.pending == 0
+    assert cb.flush() and cb.pending == 0
     assert "rejected a write" in capsys.readouterr().err
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
     run = children(client, parent)["t"]

@@ -61,6 +61,18 @@ def test_smoke_search_records_everything_in_mlflow(searched):
             assert child.info.status == "KILLED"
 
 
+def test_a_search_started_elsewhere_writes_nothing_where_it_started(smoke_search):
+    """Issue 13, defect 9: with every store named by a flag, the folder the search was started from stays
+    empty; MLflow's artifacts (checkpoints, the champion model) are beside its SQLite store."""
+    assert sorted(p.name for p in smoke_search.started_in.iterdir()) == []
+    client = client_of(smoke_search.folder)
+    exp = client.get_experiment_by_name("test_space")
+    assert exp.artifact_location.removeprefix("file://") == str(smoke_search.folder / "mlartifacts")
+    assert list((smoke_search.folder / "mlartifacts").rglob("stage*_best.pt"))
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`egosearch.ray_path` != ''")
+    assert parent.data.params["log_checkpoints"] == "best"
+
+
 def test_champion_loads_and_predicts(searched):
     tmp, *_ = searched
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
@@ -194,6 +206,12 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_root):
     assert len(complete) == 2 and all(sorted(t.intermediate_values) == [1, 2, 3, 4] for t in complete)
     assert len(study.trials) - 2 == len(interrupted) and all(
         t.state.name == "FAIL" for t in study.trials if t not in complete), study.trials
+    # Optuna's states are Ray's: each Optuna trial names its Ray trial; a complete one has Ray's final score
+    finals = {r["trial_id"]: r["val_top1"] for t in trials for r in map(json.loads, (
+        exp_dir / t / "result.json").read_text().splitlines()) if r.get("final")}
+    assert {t.user_attrs["ray_trial_id"]: t.value for t in complete} == finals
+    assert sorted(t.user_attrs["ray_trial_id"] for t in study.trials if t not in complete) == sorted(
+        r.data.tags["ray.trial_id"] for r in interrupted)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import dataclasses
 import sys
 import warnings
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -64,6 +65,57 @@ def test_a_trial_asha_stops_reaches_optuna_with_its_rung_value_then_pruned(tmp_p
     assert stopped.value == pytest.approx(0.1)  # Optuna's value of a pruned trial: its last (the rung) value
     assert late.state == TrialState.PRUNED and late.intermediate_values[6] == pytest.approx(0.551)
     assert sorted(late.intermediate_values) == [1, 2, 3, 4, 5, 6]
+
+
+def flaky_trial(config: dict, attempts_dir: str, fail_first: dict) -> None:
+    """``fake_trial`` that raises on its first ``fail_first[alpha]`` attempts (counted in a file)."""
+    from pathlib import Path
+
+    count = Path(attempts_dir) / f"alpha{config['model.alpha']}"
+    n = int(count.read_text()) + 1 if count.exists() else 1
+    count.write_text(str(n))
+    if n <= fail_first[config["model.alpha"]]:
+        raise RuntimeError(f"injected failure, attempt {n}")
+    fake_trial(config)
+
+
+def test_a_trial_ray_runs_again_after_it_failed_ends_complete_in_optuna(tmp_path, monkeypatch):
+    """Issue 13, defect 6. A trial fails and Ray gives up on it (no retry left): Optuna is told FAIL. A
+    resume with ``resume_errored`` (what ``--resume`` does) runs it again and it finishes: the study then
+    holds its failed attempt FAIL and its rerun COMPLETE with Ray's value, both naming the Ray trial.
+    (A trial that finishes on one of Ray's own retries is never told FAIL: tests/test_faults.py.)"""
+    import ray
+    from ray import tune
+
+    from benchmarks.replay import QUIET_TUNE
+    from tuning.execution.study import open_storage
+
+    for k, v in QUIET_TUNE.items():
+        monkeypatch.setenv(k, v)
+    space = dataclasses.replace(load_space("smoke"), num_samples=1, points=(
+        {"model.alpha": 1.0, "model.tau": 0.1, "train.stage3.lr": 1e-3},))
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = make_searcher(space, max_concurrent=1, seed=0, storage=storage, study_name="t")
+    (tmp_path / "attempts").mkdir()
+    trainable = tune.with_parameters(flaky_trial, attempts_dir=str(tmp_path / "attempts"), fail_first={1.0: 1})
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        first = tune.Tuner(trainable, tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=1, metric="val_top1", mode="max"),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="t")).fit()
+        assert len(first.errors) == 1 and [t.state.name for t in study_of(searcher).trials] == ["FAIL"]
+        resumed = tune.Tuner.restore(str(tmp_path / "t"), trainable, resume_errored=True).fit()
+    finally:
+        ray.shutdown()
+    assert not resumed.errors
+    (ray_trial,) = resumed
+    failed, again = optuna.load_study(study_name="t", storage=storage).trials
+    assert (failed.state.name, again.state.name) == ("FAIL", "COMPLETE")
+    assert failed.user_attrs["ray_trial_id"] == again.user_attrs["ray_trial_id"] == ray_trial.metrics["trial_id"]
+    assert again.user_attrs["egosearch.rerun_of"] == failed.number and again.params == failed.params
+    assert again.value == pytest.approx(ray_trial.metrics["val_top1"]) == pytest.approx(0.7)
+    assert sorted(again.intermediate_values) == list(range(1, TOTAL + 1))
 
 
 def test_tpe_is_grouped_with_constant_liar_and_quiet():

@@ -204,6 +204,7 @@ def test_trials_csv_has_every_trial(tmp_path):
                 config={"model.alpha": alpha, "model.tau": 0.1, "train.stage3.lr": 1e-3})
     cb._put("t0", "batch", metrics=[("best_val_top1", 0.75, 0, 7)], tags={"egosearch.outcome": "completed"})
     cb._put("t1", "batch", tags={"egosearch.outcome": "failed", "error": "FloatingPointError: nan"})
+    assert cb.flush()  # the writer thread's work, done here
     study = _study(1, n_pruned=0, n_failed=1)
     path = trials_table(mlflow.MlflowClient(uri), parent, space, tmp_path / "trials.csv", study, {"t0": 0, "t1": 1})
     rows = {r["trial_id"]: r for r in csv.DictReader(open(path))}

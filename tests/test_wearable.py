@@ -151,8 +151,10 @@ def test_tiny_wearable_search_ends_with_the_front_in_mlflow(tmp_path, tiny_root)
     budget = costs[1]  # the second cheapest: the rule has a choice to make
     assert costs[0] < costs[1] < costs[2]
     e = {**env(), "EGOMODEL_CACHE": str(cache)}
-    proc = subprocess.run(search_cmd(space_file, tiny_root, "--max-gflops", repr(budget)), cwd=tmp_path, env=e,
-                          capture_output=True, text=True, timeout=600)
+    # champion-only: no trial run keeps weights but the champion's, logged when the search ends
+    proc = subprocess.run(search_cmd(space_file, tiny_root, "--max-gflops", repr(budget), "--log-checkpoints",
+                                     "champion-only"), cwd=tmp_path, env=e, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print(next(line for line in proc.stdout.splitlines() if line.startswith("Pareto front:")))
 
@@ -180,6 +182,9 @@ def test_tiny_wearable_search_ends_with_the_front_in_mlflow(tmp_path, tiny_root)
     assert champion_trial == best["trial_id"] and float(best["gflops"]) <= budget
     assert parent.data.tags[RULE_TAG] == f"max_gflops={budget:g}"
     assert champion_trial in parent.data.tags[CHOICE_TAG]
+    with_weights = {r.data.tags["ray.trial_id"] for r in children
+                    if any(a.path == "checkpoint" for a in client.list_artifacts(r.info.run_id))}
+    assert with_weights == {champion_trial}
     # Optuna: one study with two directions; a trial MOASHA stopped is PRUNED without values
     study = load_study(tmp_path)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]

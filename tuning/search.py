@@ -38,8 +38,17 @@ from tuning.space.load import load_space
 from tuning.space.rungs import resolve_rungs
 from tuning.space.sampling import decode, runtime_overrides
 from tuning.space.types import SearchSpace
-from tuning.tracking.mlflow_runs import TrackingError, check_reachable, find_parent, parent_run
+from tuning.tracking.mlflow_runs import (
+    TrackingError,
+    artifact_root,
+    check_artifact_root,
+    check_reachable,
+    experiment_id,
+    find_parent,
+    parent_run,
+)
 from tuning.tracking.pareto import ParetoError, champion_rule, pick_from_front
+from tuning.tracking.policy import CHECKPOINT_DIR, LOG_CHECKPOINTS, POLICY_PARAM
 
 REPO = Path(__file__).resolve().parents[1]
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")  # pyarrow filesystems Ray can use
@@ -76,6 +85,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-top1", type=float, default=None, metavar="Y",
                    help="multi-objective spaces: the champion is the cheapest front trial with val_top1 >= Y (with "
                         "--max-gflops: the most accurate within the budget among those; default: the space's)")
+    p.add_argument("--artifact-root", default=None, metavar="PATH_OR_URI",
+                   help="where a new MLflow experiment keeps its artifacts (a folder, s3://...); default: "
+                        "mlartifacts/ beside a SQLite --tracking-uri, the server's choice for http://")
+    p.add_argument("--log-checkpoints", default=None, choices=LOG_CHECKPOINTS,
+                   help="which trial runs keep their best weights in MLflow: best (default: finished trials), "
+                        "all (early-stopped ones too), champion-only (logged at the end), none; set when a "
+                        "search starts")
     p.add_argument("--no-stage-store", action="store_true",
                    help="compute every trial's stages itself (default: share identical stage prefixes)")
     return p
@@ -236,6 +252,13 @@ def run(args: argparse.Namespace) -> int:
     name = args.experiment or space.name
     tracking_uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
     client = check_reachable(tracking_uri)
+    artifacts = artifact_root(tracking_uri, args.artifact_root)
+    if args.artifact_root and client.get_experiment_by_name(name):  # it keeps its artifacts elsewhere: refused
+        experiment_id(client, name, artifacts, explicit=True)
+    if args.artifact_root:
+        check_artifact_root(artifacts)
+    if args.resume and args.log_checkpoints:
+        raise SearchError("--log-checkpoints is set when a search starts; a resumed search keeps its own")
 
     from ray import tune
 
@@ -280,7 +303,9 @@ def run(args: argparse.Namespace) -> int:
         feasibility.check_before_start(resources, local=local)
     except feasibility.InfeasibleError as e:
         raise SearchError(str(e)) from None
-    parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume, data_root)
+    policy = args.log_checkpoints or "best"
+    parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume, data_root, artifacts,
+                           {POLICY_PARAM: policy})
     if not args.resume:
         client.set_tag(parent_id, STORAGE_TAG, study_uri)
         client.set_tag(parent_id, STUDY_TAG, name)
@@ -308,7 +333,8 @@ def run(args: argparse.Namespace) -> int:
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage,
-                callbacks=[MlflowCallback(tracking_uri, parent_id, space, extra), feasibility.PendingWatch(local)],
+                callbacks=[MlflowCallback(tracking_uri, parent_id, space, extra, policy),
+                           feasibility.PendingWatch(local)],
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
@@ -317,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = tuner.fit()
     except feasibility.InfeasibleError as e:  # trials pending that no node can ever run
+        client.set_terminated(parent_id, "FAILED")
         raise SearchError(str(e)) from None
     return finish(results, space, client, parent_id, name, args, tracking_uri)
 
@@ -344,6 +371,9 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     with best.checkpoint.as_directory() as d:
         ckpt = next(Path(d).glob("stage*_best.pt"))
         from egomodel.model.checkpoint import load
+
+        if client.get_run(parent_id).data.params.get(POLICY_PARAM) == "champion-only":
+            client.log_artifact(run_id, str(ckpt), CHECKPOINT_DIR)  # what tuning.export reads
 
         classes = list(load(ckpt)["classes"])
         model_name = args.model_name or f"egosearch-{name}"

@@ -26,6 +26,7 @@ from typing import Any
 from ray.tune import Callback
 
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+KUBERAY_ENV = "RAY_CLUSTER_NAME"  # KubeRay sets it in every Ray pod it starts
 WAIT_ENV = "EGOSEARCH_PENDING_REPORT_S"  # how long trials may all wait before they are diagnosed (default 120)
 
 
@@ -53,14 +54,8 @@ def node_types(path: str | None = None) -> dict[str, dict[str, float]] | None:
     """The launcher's node types and their resources (from ``path``, by default the bootstrap file); None
     when this is not a launcher head, or when a type leaves its resources to detection (then what it
     provides is not known in advance)."""
-    file = Path(path or BOOTSTRAP_CONFIG).expanduser()
-    if not file.is_file():
-        return None
-    import yaml
-
-    try:
-        types = (yaml.safe_load(file.read_text()) or {}).get("available_node_types") or {}
-    except (OSError, yaml.YAMLError):
+    types = _bootstrap_types(path)
+    if types is None:
         return None
     out = {}
     for name, spec in types.items():
@@ -69,6 +64,32 @@ def node_types(path: str | None = None) -> dict[str, dict[str, float]] | None:
             return None
         out[name] = {k: float(v) for k, v in res.items()}
     return out or None
+
+
+def _bootstrap_types(path: str | None) -> dict[str, Any] | None:
+    """``available_node_types`` of the launcher's bootstrap file; None when there is none."""
+    file = Path(path or BOOTSTRAP_CONFIG).expanduser()
+    if not file.is_file():
+        return None
+    import yaml
+
+    try:
+        return (yaml.safe_load(file.read_text()) or {}).get("available_node_types") or {}
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def adds_nodes_later(path: str | None = None) -> str | None:
+    """Why this cluster may launch nodes after the search started (KubeRay, or a launcher node type that
+    can grow), or None: then the nodes alive now are all there will be."""
+    if os.environ.get(KUBERAY_ENV):
+        return f"KubeRay cluster {os.environ[KUBERAY_ENV]} (its worker groups scale)"
+    for name, spec in (_bootstrap_types(path) or {}).items():
+        spec = spec or {}
+        if int(spec.get("max_workers", 0)) > int(spec.get("min_workers", 0)):
+            return f"the cluster launcher's node type {name} (min_workers {spec.get('min_workers', 0)}, " \
+                   f"max_workers {spec['max_workers']})"
+    return None
 
 
 def alive_nodes() -> list[dict[str, float]]:

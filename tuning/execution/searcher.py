@@ -19,12 +19,47 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tuning.execution.study import METRIC_ATTR, orphans
+from tuning.execution.study import METRIC_ATTR, RAY_TRIAL_ATTR, RERUN_ATTR, orphans
 from tuning.space.sampling import DefineByRun, encode_point
 from tuning.space.types import SearchSpace
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
+    def suggest(self, trial_id: str) -> dict | None:
+        """Ray's suggestion; the Optuna trial records which Ray trial it is (user attr ``ray_trial_id``)."""
+        params = super().suggest(trial_id)
+        trial = self._ot_trials.get(trial_id)
+        if trial is not None and RAY_TRIAL_ATTR not in trial._cached_frozen_trial.user_attrs:
+            trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return params
+
+    def _live(self, trial_id: str) -> bool:
+        """Whether Optuna can still hear about this Ray trial; its state in the study (the database) is
+        looked at once per trial and driver, and again for a trial already told.
+
+        Optuna cannot change a finished trial, and Ray does not always give up on a trial it told us
+        failed: ``--resume`` runs errored trials again, and a driver killed after telling Optuna but
+        before Ray saved the trial runs it again from its checkpoint. A trial told FAIL that Ray runs
+        again gets a new Optuna trial with the same params and intermediate values (user attr
+        ``egosearch.rerun_of``: the failed one's number), so that it ends COMPLETE if it finishes; one
+        told COMPLETE or PRUNED keeps what it was told."""
+        if trial_id not in self._ot_trials:
+            return False
+        checked = self.__dict__.setdefault("_checked", set())
+        if trial_id in checked and trial_id not in self._completed_trials:
+            return True
+        checked.add(trial_id)
+        trial = self._ot_trials[trial_id]
+        state = self._ot_study._storage.get_trial(trial._trial_id).state
+        if state == TrialState.FAIL:
+            self._ot_trials[trial_id] = rerun(self._ot_study, trial._trial_id, trial_id)
+            self._completed_trials.discard(trial_id)
+            return True
+        if state.is_finished():
+            self._completed_trials.add(trial_id)
+            return False
+        return trial_id not in self._completed_trials
+
     def _report(self, trial_id: str, result: dict) -> None:
         """The epoch's value at step ``global_epoch``; an epoch told twice (a retried trial) once. The
         closing summary carries the search's score (the best checkpoint's) as the metric and its last
@@ -41,12 +76,15 @@ class PruneAwareOptunaSearch(OptunaSearch):
             trial.report(float(value), int(step))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Ray calls this once it has given up on a failed trial (after its ``max_failures`` retries:
+        Ray does not tell the searcher about the attempts it retries), so a trial that finishes after a
+        retry is told COMPLETE, and FAIL only when no attempt is left."""
+        if not self._live(trial_id):
+            return
         stopped_early = (
             not error and result is not None and not result.get("final", False)
             and result.get("global_epoch", 0) < result.get("total_epochs", 0)
         )
-        if trial_id in self._completed_trials:
-            return super().on_trial_complete(trial_id, result, error)
         if not stopped_early:
             if result and not error:
                 self._report(trial_id, result)  # the last epoch, held back for the closing summary
@@ -56,7 +94,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or result.get("final"):  # the summary repeats the last epoch
+        if result.get("final") or not self._live(trial_id):  # the summary repeats the last epoch
             return
         self._report(trial_id, result)
 
@@ -64,11 +102,37 @@ class PruneAwareOptunaSearch(OptunaSearch):
         """Ray's saved searcher (``--resume``). With a study in a database, a trial asked for after Ray last
         saved the search was lost with the driver before it ran: it is told FAIL, never run twice."""
         super().restore(checkpoint_path)
+        self._checked = set()  # this driver looks at the study again
         lost = orphans(self._ot_study, {t.number for t in self._ot_trials.values()})
         for number in lost:
             self._ot_study.tell(number, state=TrialState.FAIL)
         if lost:
             print(f"Optuna trials {lost} were asked for but never ran before the search stopped: told FAIL")
+
+
+def rerun(study: optuna.Study, failed_id: int, ray_trial_id: str) -> optuna.Trial:
+    """A new RUNNING trial in ``study`` with the params and intermediate values of the FAIL trial
+    ``failed_id`` (a storage trial id), for a Ray trial that runs again."""
+    failed = study._storage.get_trial(failed_id)
+    template = optuna.trial.create_trial(
+        state=TrialState.RUNNING, params=failed.params, distributions=failed.distributions,
+        intermediate_values=failed.intermediate_values,
+        user_attrs={**failed.user_attrs, RAY_TRIAL_ATTR: ray_trial_id, RERUN_ATTR: failed.number})
+    new_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    print(f"Optuna trial {failed.number} (Ray trial {ray_trial_id}) was told FAIL and runs again: "
+          f"continued as Optuna trial {study._storage.get_trial(new_id).number}", flush=True)
+    return optuna.trial.Trial(study, new_id)
+
+
+class RerunAwareLimiter(ConcurrencyLimiter):
+    """Ray's ``ConcurrencyLimiter``, which drops the completion of a trial it no longer counts as running:
+    a trial that Ray runs again after its error (``resume_errored``) reaches the searcher's completion
+    anyway, so Optuna hears how it ended (the searcher ignores trials it was already told about)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._limit_concurrency and trial_id not in self.live_trials:
+            return self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        return super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def make_sampler(seed: int) -> optuna.samplers.TPESampler:
@@ -83,7 +147,7 @@ def make_sampler(seed: int) -> optuna.samplers.TPESampler:
 
 def make_searcher(space: SearchSpace, max_concurrent: int, seed: int, storage: Any = None,
                   study_name: str | None = None, warm: list[optuna.trial.FrozenTrial] | None = None
-                  ) -> ConcurrencyLimiter:
+                  ) -> RerunAwareLimiter:
     """TPE inside Ray; the study in ``storage`` (an Optuna storage; None: in memory, saved only with Ray's
     searcher state) under ``study_name``, with the ``warm`` trials added before the first trial."""
     multi = bool(space.objectives)  # a study with one direction per objective
@@ -100,7 +164,7 @@ def make_searcher(space: SearchSpace, max_concurrent: int, seed: int, storage: A
     study.set_user_attr(METRIC_ATTR, space.metric)
     if warm:
         study.add_trials(warm)
-    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    return RerunAwareLimiter(searcher, max_concurrent=max_concurrent)
 
 
 def make_scheduler(space: SearchSpace, total_epochs: int, rungs: tuple[int, ...]) -> TrialScheduler:

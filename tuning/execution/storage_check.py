@@ -10,9 +10,11 @@ trainable): such a trial fails at once with the same message, not after an hour 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from tuning.execution.stage_store import filesystem
@@ -97,9 +99,54 @@ def describe(nodes: int, storage: str) -> str:
     return f"storage {storage}: readable from all {nodes} node{'s' if nodes != 1 else ''} alive now"
 
 
+# filesystems that live on one machine's disk or memory: a folder on them is never a shared storage
+LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "overlay", "tmpfs", "ramfs",
+                               "vfat", "exfat", "ntfs", "ntfs3"})
+
+
+def filesystem_type(path: str, mounts: str = "/proc/mounts") -> str | None:
+    """The type of the filesystem ``path`` lives on (the longest mount point above it), or None."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def refuse_local_storage_when_nodes_come_later(storage: str, later: str | None,
+                                               mounts: str = "/proc/mounts") -> None:
+    """A folder on this node's own disk, on a cluster that launches nodes after the check (``later``: why,
+    from :func:`tuning.execution.feasibility.adds_nodes_later`): no node launched later could read it, so
+    the search is refused now rather than each later trial failing."""
+    if later is None or ("://" in storage and not storage.startswith("file://")):
+        return
+    path = storage.removeprefix("file://")
+    kind = filesystem_type(path, mounts)
+    if kind in LOCAL_FILESYSTEMS:
+        raise StorageError(
+            f"--storage {storage} is a folder on this node's own disk ({kind}), but nodes will join this cluster "
+            f"later ({later}) and cannot read it: give a URI (s3://BUCKET/egosearch, gs://...) or a shared mount "
+            "(NFS) that every node has")
+
+
 def check(storage: str, remote: bool) -> tuple[str, Any]:
     """Write a marker and, with ``remote`` (a cluster given by --address), read it on every node; the
-    marker's name for the trials, and what was checked."""
+    marker's name for the trials, and what was checked. On a cluster that launches nodes later, a folder
+    on this node's own disk is refused first."""
+    if remote:
+        from tuning.execution.feasibility import adds_nodes_later
+
+        refuse_local_storage_when_nodes_come_later(storage, adds_nodes_later())
     name = write_marker(storage)
     if not remote:
         return name, f"storage {storage}: this machine's local Ray"

@@ -25,6 +25,8 @@ DEFAULT_STORAGE = "optuna.db"  # in the working folder, beside the default mlflo
 METRIC_ATTR = "egosearch.metric"  # the study's user attribute: which metric its values are
 STORAGE_TAG, STUDY_TAG = "optuna_storage", "optuna_study"  # on the parent MLflow run
 WARM_TAG = "warm_start"  # on the parent MLflow run: what the search was warmed from
+RAY_TRIAL_ATTR = "ray_trial_id"  # a trial's user attribute: the Ray trial (and MLflow run tag) it is
+RERUN_ATTR = "egosearch.rerun_of"  # a trial's user attribute: the FAIL trial it continues (Ray ran it again)
 
 
 class StudyError(RuntimeError):
@@ -103,7 +105,8 @@ def fitting(space: SearchSpace, trial: FrozenTrial) -> FrozenTrial | None:
         return optuna.trial.create_trial(
             state=trial.state, value=trial.value, params=params, distributions=used,
             intermediate_values=trial.intermediate_values,
-            user_attrs={**trial.user_attrs, "warm_start_from": f"trial {trial.number}"})
+            user_attrs={**{k: v for k, v in trial.user_attrs.items() if k not in (RAY_TRIAL_ATTR, RERUN_ATTR)},
+                        "warm_start_from": f"trial {trial.number}"})
     except ValueError:
         return None
 

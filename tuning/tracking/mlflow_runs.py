@@ -2,8 +2,9 @@
 
 - the connection: :func:`check_reachable` fails clearly before any trial runs when the store cannot be
   reached; :func:`quick_http` makes MLflow's HTTP client fail at once instead of retrying for minutes;
-- the parent run, one per search: :func:`parent_run` creates it, or finds it again on ``--resume``
-  (:func:`find_parent`, by its ``egosearch.ray_path`` tag);
+- the parent run, one per search: :func:`parent_run` creates it (and the experiment, its artifacts
+  beside a SQLite store unless ``--artifact-root`` says where: :func:`artifact_root`), or finds it again
+  on ``--resume`` (:func:`find_parent`, by its ``egosearch.ray_path`` tag);
 - the end of a search: :func:`log_search_summary` logs Optuna's plots and the CSV of all trials under
   ``search/``, or raises :class:`TrackingError` while writes of :class:`tuning.tracking.callback.MlflowCallback`
   are still undelivered (:func:`undelivered`).
@@ -75,6 +76,52 @@ def check_reachable(uri: str) -> MlflowClient:
     return client
 
 
+ARTIFACTS_DIR = "mlartifacts"  # beside a SQLite store (the name mlflow server gives its artifacts folder)
+
+
+def artifact_root(tracking_uri: str, given: str | None) -> str | None:
+    """Where a new experiment keeps its artifacts: ``given`` (a folder, made absolute, or a URI such as
+    ``s3://BUCKET/PREFIX``), else ``mlartifacts/`` beside a SQLite store, never the ``./mlruns`` of
+    the folder the search was started from (MLflow's default). None: the tracking server decides."""
+    if given:
+        return given if "://" in given else str(Path(given).expanduser().resolve())
+    if tracking_uri.startswith("sqlite:///"):
+        db = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+        return str(Path(db).expanduser().resolve().parent / ARTIFACTS_DIR)
+    return None
+
+
+def check_artifact_root(artifacts: str) -> None:
+    """An ``--artifact-root`` MLflow cannot write fails before any trial starts: a local folder is made,
+    a URI's artifact repository is opened and listed (its client library installed, the bucket there)."""
+    try:
+        if "://" not in artifacts:
+            Path(artifacts).mkdir(parents=True, exist_ok=True)
+            if not os.access(artifacts, os.W_OK):
+                raise PermissionError("not writable")
+            return
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        with quick_http():
+            get_artifact_repository(artifacts).list_artifacts()
+    except Exception as e:  # a missing boto3, a bucket that does not exist, an unwritable folder
+        raise TrackingError(f"--artifact-root {artifacts}: MLflow cannot store artifacts there: "
+                            f"{one_line(e)}") from None
+
+
+def experiment_id(client: MlflowClient, name: str, artifacts: str | None, explicit: bool = False) -> str:
+    """The experiment ``name``, created with its artifacts at ``artifacts`` when new. An existing one keeps
+    where it stores them; an explicit ``--artifact-root`` elsewhere is refused."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=artifacts)
+    have = exp.artifact_location.removeprefix("file://")
+    if explicit and artifacts and have.rstrip("/") != artifacts.rstrip("/"):
+        raise TrackingError(f"--artifact-root {artifacts}: the MLflow experiment {name!r} already keeps its artifacts "
+                            f"at {exp.artifact_location}; pass another --experiment name for a new location")
+    return exp.experiment_id
+
+
 def find_parent(client: MlflowClient, experiment: str, ray_path: str) -> Any | None:
     """The newest parent run of the search saved at ``ray_path``, or None."""
     exp = client.get_experiment_by_name(experiment)
@@ -87,16 +134,17 @@ def find_parent(client: MlflowClient, experiment: str, ray_path: str) -> Any | N
 
 def parent_run(
     client: MlflowClient, experiment: str, ray_path: str, space: SearchSpace, fingerprint: str, resume: bool,
-    data_root: str = "",
+    data_root: str = "", artifacts: str | None = None, params: dict[str, Any] | None = None,
 ) -> str:
-    """The search's parent run: found again on ``--resume``, created otherwise. (That the data did not
-    change since the search started is checked before, by :func:`tuning.search.check_same_data`.)"""
+    """The search's parent run: found again on ``--resume``, created otherwise (with the experiment, its
+    artifacts at ``artifacts``, by default beside a SQLite store; ``params``: the search's own settings).
+    (That the data did not change since the search started is checked before, by
+    :func:`tuning.search.check_same_data`.)"""
     found = find_parent(client, experiment, ray_path) if resume else None
     if found is not None:
         client.update_run(found.info.run_id, status="RUNNING")
         return found.info.run_id
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = experiment_id(client, experiment, artifacts or artifact_root(client.tracking_uri, None))
     run = client.create_run(exp_id, run_name=f"search-{space.name}", tags={
         PARENT_TAG: ray_path, "git_revision": git_revision(), "data_fingerprint": fingerprint,
         **({"data_root": data_root} if data_root else {}),
@@ -104,7 +152,8 @@ def parent_run(
     })
     rid = run.info.run_id
     client.log_text(rid, space.text, f"space/{space.path.name}")
-    for k, v in {"metric": space.metric, "mode": space.mode, "num_samples": space.num_samples}.items():
+    settings = {"metric": space.metric, "mode": space.mode, "num_samples": space.num_samples, **(params or {})}
+    for k, v in settings.items():
         client.log_param(rid, k, v)
     return rid
 
