@@ -87,6 +87,7 @@ def test_fuzzed_command_lines_run_or_fail_clearly(tmp_path, tiny_root, monkeypat
     monkeypatch.setattr(search.storage_check, "check", lambda storage, remote: ("marker", "checked"))
     monkeypatch.setattr(search, "trial_resources", lambda space, address: dict(space.resources))
     monkeypatch.setattr(search, "start_lease_actor", lambda: (None, None))  # no Ray here
+    monkeypatch.setattr(search.feasibility, "check_before_start", lambda resources, local: None)  # nor here
     monkeypatch.setattr(ray.tune, "with_parameters", lambda fn, **kw: fn)
     monkeypatch.setattr(ray.tune, "with_resources", lambda fn, resources: fn)
     monkeypatch.setattr(ray.tune.Tuner, "fit", lambda self: "results")
