@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from benchmarks.step import StepSetup, StepTiming, sync, time_step
+from egomodel.config import BACKBONES
 from egomodel.model.convlstm import ConvLSTM
 from egomodel.training.steps import autocast, pick_device
 
@@ -95,7 +96,8 @@ def loader_rate(data: Path, batch: int, workers: int, size: int, frames: int, ba
 
 
 def short_training(data: Path, out: Path, device: torch.device, batch: int, workers: int, size: int,
-                   frames: int, packed: str, device_clips: bool = False, epochs_scale: float = 0.005) -> dict[str, Any]:
+                   frames: int, packed: str, device_clips: bool = False, epochs_scale: float = 0.005,
+                   backbone: str = "resnet34") -> dict[str, Any]:
     """Three stages of the feedback model at full image size (2/1/1 epochs at scale 0.005): the trainer's data-wait
     figure, with loader processes or (``device_clips``) clips held on the device."""
     from egomodel.config import from_dict
@@ -104,7 +106,7 @@ def short_training(data: Path, out: Path, device: torch.device, batch: int, work
     cfg = from_dict({}, {
         "data.root": str(data), "data.image_size": size, "data.frames": frames, "data.num_workers": workers,
         "data.packed_cache": packed, "data.device_clips": device_clips, "model.pretrained": "none",
-        "train.device": device.type,
+        "model.backbone": backbone, "train.device": device.type,
         "train.epochs_scale": epochs_scale, "train.stage1.batch_size": batch, "train.stage2.batch_size": batch,
         "train.stage3.batch_size": batch, "train.eval_batch_size": batch,
     })
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None, help="clips per step (default 32 on CUDA, 4 on CPU)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--tiny", action="store_true", help="CI: 64 px, batch 2, 1 rep: checks that it runs")
+    p.add_argument("--backbone", default="resnet34", choices=BACKBONES,
+                   help="model.backbone of every section (the README's figures: resnet34, the paper's)")
     p.add_argument("--workers", type=int, default=8, help="loader processes for the data-path figures")
     p.add_argument("--epochs-scale", type=float, default=0.005,
                    help="train.epochs_scale of the short runs (0.005: 2/1/1 epochs of 3 batches)")
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (2 if args.tiny else 32 if device.type == "cuda" else 4)
     reps = 1 if args.tiny else args.reps
     out: dict[str, Any] = {"device": describe(device), "batch": batch, "frames": frames, "size": size,
+                           "backbone": args.backbone,
                            "short_training_epochs_scale": args.epochs_scale}
     path = Path(args.json)
 
@@ -152,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}] {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         path.write_text(json.dumps(out, indent=2))
 
-    ours = StepSetup(precision="auto", channels_last=True, gates="auto", batch=batch, frames=frames, size=size)
-    naive = StepSetup(naive=True, batch=batch, frames=frames, size=size)
+    ours = StepSetup(precision="auto", channels_last=True, gates="auto", batch=batch, frames=frames, size=size,
+                     backbone=args.backbone)
+    naive = StepSetup(naive=True, batch=batch, frames=frames, size=size, backbone=args.backbone)
 
     def step() -> dict[str, Any]:
         n, o = time_step(naive, reps, device), time_step(ours, reps, device)
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             res["loader_over_model_rate"] = packed / out["ours_clips_per_s"]
         # the trainer's own figure, with the packed cache filled in its first epoch
         return {**res, **short_training(root, tmp / "run", device, batch, workers, size, frames, str(tmp / "packed2"),
-                                        epochs_scale=args.epochs_scale)}
+                                        epochs_scale=args.epochs_scale, backbone=args.backbone)}
 
     def on_device() -> dict[str, Any]:
         """The same short run with the training clips on the device (``data.device_clips``), batches made
@@ -210,13 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         root, tmp = dataset(), synthetic["tmp"]
         workers = 0 if args.tiny else args.workers
         res = short_training(root, tmp / "run2", device, batch, workers, size, frames, str(tmp / "packed2"),
-                             device_clips=True, epochs_scale=args.epochs_scale)
+                             device_clips=True, epochs_scale=args.epochs_scale, backbone=args.backbone)
         if device.type != "cuda":  # made inline there anyway
             return res
         default, device_clips.PREFETCH_CUDA = device_clips.PREFETCH_CUDA, 0
         try:
             inline = short_training(root, tmp / "run3", device, batch, workers, size, frames, str(tmp / "packed2"),
-                                    device_clips=True, epochs_scale=args.epochs_scale)
+                                    device_clips=True, epochs_scale=args.epochs_scale, backbone=args.backbone)
         finally:
             device_clips.PREFETCH_CUDA = default
         return {**res, **{k.replace("device_clips_training", "device_clips_inline"): v for k, v in inline.items()}}

@@ -48,6 +48,7 @@ class StepSetup:
     batch: int = 4
     frames: int = 7
     size: int = 224
+    backbone: str = "resnet34"  # model.backbone
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def time_step(setup: StepSetup, reps: int, device: torch.device | str = "cpu") -
     device = torch.device(device)
     torch.manual_seed(0)
     variant = "feedback" if setup.stage == 3 else "ms"
-    model = EgoRNN(ModelConfig(variant=variant, pretrained="none"), 61, setup.size).to(device)
+    model = EgoRNN(ModelConfig(variant=variant, pretrained="none", backbone=setup.backbone), 61, setup.size).to(device)
     model.convlstm.gates = setup.gates
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -5,6 +5,11 @@ restart."""
 from __future__ import annotations
 
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on the machine's cores: OpenMP threads that sleep when idle, rather than spin against the
+    # other worker's (set before torch loads its OpenMP runtime; the numbers computed do not change)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import shutil
 import signal
 import socket
