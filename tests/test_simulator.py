@@ -104,7 +104,9 @@ def test_gpu_trials_scale_workers_from_zero_and_pack_two_per_worker(tmp_path, ti
     demand makes the autoscaler launch GPU workers, every trial runs on a worker, two at once on one."""
     ports = cluster_ports()
     (tmp_path / "autoscaler.yaml").write_text(yaml.safe_dump(autoscaler_config(ports["PORT"])))
-    space = write_space(tmp_path, num_samples=2, max_concurrent=2, resources={"cpu": 1, "gpu": 0.5})
+    # FIFO: both trials run to the end (the early stopper would stop one of two), so their spans can overlap
+    space = write_space(tmp_path, num_samples=2, max_concurrent=2, resources={"cpu": 1, "gpu": 0.5},
+                        scheduler={"type": "fifo"})
     script = f"""
 RAY_FAKE_CLUSTER=1 $HEAD --autoscaling-config=autoscaler.yaml > head.log 2>&1 || exit 90
 "$PY" -m tuning.search --space {space} --data {tiny_root} --address "127.0.0.1:$PORT" \\
