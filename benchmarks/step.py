@@ -44,6 +44,7 @@ class StepSetup:
     channels_last: bool = False
     gates: str = "separate"
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's backend: inductor generates kernels, aot_eager does not
     stage: int = 2  # 2: the ms variant's stage-2 trainable set; 3: feedback's stage 3
     batch: int = 4
     frames: int = 7
@@ -77,7 +78,7 @@ def time_step(setup: StepSetup, reps: int, device: torch.device | str = "cpu") -
         model = model.to(memory_format=torch.channels_last)
     apply_stage(model, STAGE3 if setup.stage == 3 else STAGE2)
     if setup.compile:
-        model.compile()
+        model.compile(backend=setup.compile_backend)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     s = setup.size
     x = torch.randn(setup.batch, setup.frames, 3, s, s, device=device)

@@ -48,11 +48,18 @@ TINY = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``-n 2 --dist loadgroup``), every test that reads the shared smoke search runs
-    on one worker, so the session's one search is not run once per worker."""
+    """Under pytest-xdist (``-n 2 --dist loadgroup``) each worker builds its own session- and module-scoped
+    fixtures. So every test that reads the shared smoke search runs on one worker (the session's one
+    search is not run once per worker), and a module's tests that share one of its module-scoped fixtures
+    (a trained reference run, a registered champion, a local Ray) run together on one worker too."""
     for item in items:
-        if "smoke_search" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "smoke_search" in names:
             item.add_marker(pytest.mark.xdist_group("smoke_search"))
+            continue
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        if any(d and d[-1].scope == "module" for n, d in defs.items() if n in names):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session")
