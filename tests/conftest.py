@@ -47,19 +47,30 @@ TINY = {
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups off the markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``-n 2 --dist loadgroup``) each worker builds its own session- and module-scoped
     fixtures. So every test that reads the shared smoke search runs on one worker (the session's one
     search is not run once per worker), and a module's tests that share one of its module-scoped fixtures
     (a trained reference run, a registered champion, a local Ray) run together on one worker too."""
     for item in items:
         names = getattr(item, "fixturenames", ())
-        if "smoke_search" in names:
-            item.add_marker(pytest.mark.xdist_group("smoke_search"))
-            continue
         defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-        if any(d and d[-1].scope == "module" for n, d in defs.items() if n in names):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        if "smoke_search" in names:
+            _group(config, item, "smoke_search")
+        elif any(d and d[-1].scope == "module" for n, d in defs.items() if n in names):
+            _group(config, item, item.module.__name__)
+
+
+def _group(config: pytest.Config, item: pytest.Item, group: str) -> None:
+    """``xdist_group(group)``, and the ``@group`` suffix of the test's id that loadgroup schedules by: xdist
+    3.8 writes it to ``item._nodeid``, which pytest 9.2 no longer reads (it keeps the id in ``item._id``), so
+    without this every test was scheduled alone and the shared search ran on both workers."""
+    item.add_marker(pytest.mark.xdist_group(group))
+    if getattr(config.option, "loadgroup", False) and hasattr(item, "_id") and "@" not in item.nodeid:
+        from _pytest.nodeid import NodeId
+
+        item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture(scope="session")
