@@ -19,7 +19,8 @@ object); chance is 0.125.
 
 Measured on the 2-core AMD EPYC (AVX-512 BF16) with ``train.precise_bn``, seeds (t, (3t+1) mod 8) for
 t = 0-7: validation 0.33-0.63; t = 0-3 again with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 (another
-CPU's kernels): 0.43-0.53. The bound below (0.25, 8 of 30 clips) sits 0.08 under the worst. Test user
+CPU's kernels): 0.43-0.53; on a 2-core Intel Xeon with AMX (its own kernels), t = 0-7: 0.43-0.60 (test
+user 0.15-0.42). The bound below (0.25, 8 of 30 clips) sits 0.08 under the worst of all 20 runs. Test user
 S2, an unseen scene, does not hold a bound: 0.13-0.40 over the same 12 runs, 3 under 1.5x chance
 (without precise BN: 0.15-0.44, 2 of 9 under), as the data seed decides how far apart the scenes
 fall. So the test user is read and recorded here, not bounded. About 90-100 s on one core.
