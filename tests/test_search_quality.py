@@ -67,7 +67,7 @@ def test_each_strategy_is_wired_as_it_says(tmp_path):
 
     table = tiny_table()
     space = load_space(write_space(table, tmp_path / "replay.yaml"))
-    assert space.num_samples == 4 and {p.key: list(p.choices) for p in space.params} == table.params
+    assert space.num_samples == 3 * 4 and {p.key: list(p.choices) for p in space.params} == table.params
     wiring = {name: strategy(name, space, table, seed=3) for name in STRATEGIES}
     samplers = {name: type(study_of(s).sampler) for name, (s, _) in wiring.items()}
     assert samplers == {"random_fifo": optuna.samplers.RandomSampler, "tpe_fifo": optuna.samplers.TPESampler,
