@@ -84,6 +84,19 @@ def _checkpoint_dir(ckdir: Path, stage: int, extra: Path | None = None) -> Path:
     return tmp
 
 
+def _scratch(trial_dir: Path) -> Path:
+    """The trial's scratch folder (its checkpoints after every epoch, hundreds of MB): in the trial's
+    working directory, which Ray keeps apart from what the driver uploads. Under the trial directory, a
+    trial on the driver's node had its scratch copied into the storage folder by the driver's syncing (a
+    smoke search left 2.4 GB there). Ray 2.60 names that folder only on the session object."""
+    try:
+        from ray.train._internal.session import get_session
+
+        return Path(get_session().storage.trial_working_directory) / "work"
+    except Exception:  # noqa: BLE001 - another Ray: the trial directory, as before
+        return trial_dir / "work"
+
+
 def _local_is_newer(ckdir: Path, restored: tune.Checkpoint) -> bool:
     """Whether this node still holds a later resume state (``last.pt``) than Ray's checkpoint: a retried
     trial's dead attempt wrote one after every epoch, Ray got one every ``checkpoint_interval_s``."""
@@ -147,7 +160,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     cfg = trial_config(setup.space, config, runtime_overrides(setup.space, setup.data_root, setup.seed))
     check_trial(cfg.train.device)  # a GPU from Ray that PyTorch cannot use: fail now, not train on the CPU
     trial_dir = Path(tune.get_context().get_trial_dir())
-    work = trial_dir / "work"
+    work = _scratch(trial_dir)
     ckdir = work / "checkpoints"
     restored = tune.get_checkpoint()
     if restored is not None and not _local_is_newer(ckdir, restored):  # a retry, or a restored search
@@ -187,8 +200,12 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     if not resume:
         fault(0)
-    final = train(cfg, work, callback=report, resume=resume, evaluate_test=setup.space.evaluate_test, progress=False,
-                  store=store, owner=f"trial {trial_id}")
+    try:
+        final = train(cfg, work, callback=report, resume=resume, evaluate_test=setup.space.evaluate_test,
+                      progress=False, store=store, owner=f"trial {trial_id}")
+    except SystemExit:  # Ray stopped the trial (early stopping) inside tune.report: it will not resume
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     last_stage = stage_plan(cfg.model.variant, cfg.train)[-1].number
     if setup.space.plots:
         _plots(ckdir / ck.best_name(last_stage), work / PLOTS, final.get("history"))
@@ -197,6 +214,9 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     (folder / "summary.json").write_text(json.dumps(summary))
     last = held[-1] if held else {"global_epoch": n_total, "total_epochs": n_total, "stage": last_stage,
                                   "node_id": node_id}
+    # what a user keeps is in `folder` now: free the node's scratch copy (hundreds of MB of checkpoints per
+    # trial, which Ray never deletes) before the last report, since Ray may end this function inside it
+    shutil.rmtree(work, ignore_errors=True)
     try:
         # the search's metric is the best checkpoint's validation score (the model a user would take)
         tune.report(
@@ -208,6 +228,3 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    # everything a user keeps is in Ray's storage and MLflow now: free the node's scratch copy
-    # (hundreds of MB of checkpoints per trial, which Ray never deletes from its session folder)
-    shutil.rmtree(work, ignore_errors=True)
