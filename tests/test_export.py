@@ -167,7 +167,7 @@ def registered(tmp_path_factory, tiny_root):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     run = client.create_run(client.create_experiment("served", artifact_location=str(tmp / "artifacts")))
-    model_uri = register(client, run.info.run_id, _checkpoint(tmp, tiny_root, "attention"), CLASSES, "served")
+    model_uri = register(client, run.info.run_id, _checkpoint(tmp, tiny_root, "attention"), "served")
     raw = np.random.default_rng(1).integers(0, 256, (2, 3, 3, 64, 64), dtype=np.uint8)
     return uri, model_uri, raw, normalize_frames(torch.from_numpy(raw)).numpy()
 

@@ -370,14 +370,9 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     run_id = run_ids[trial_id]
     with best.checkpoint.as_directory() as d:
         ckpt = next(Path(d).glob("stage*_best.pt"))
-        from egomodel.model.checkpoint import load
-
         if client.get_run(parent_id).data.params.get(POLICY_PARAM) == "champion-only":
             client.log_artifact(run_id, str(ckpt), CHECKPOINT_DIR)  # what tuning.export reads
-
-        classes = list(load(ckpt)["classes"])
-        model_name = args.model_name or f"egosearch-{name}"
-        uri = register(client, run_id, ckpt, classes, model_name)
+        uri = register(client, run_id, ckpt, args.model_name or f"egosearch-{name}")
     if space.export:  # opt-in per space: the champion exported for a device (tuning.export)
         from tuning.export import export_at_registration
 

@@ -72,11 +72,14 @@ def rgb_tensor(img: Image.Image, view: View, size: int) -> np.ndarray:
 
 def normalize_frames(x: torch.Tensor) -> torch.Tensor:
     """uint8 frames (..., 3, H, W) -> ImageNet-normalised float32; float input is taken as normalised."""
-    if x.dtype != torch.uint8:
-        return x
+    return normalize_pixels(x.float()) if x.dtype == torch.uint8 else x
+
+
+def normalize_pixels(x: torch.Tensor) -> torch.Tensor:
+    """Frames (..., 3, H, W) of pixel values 0-255, in any float dtype -> ImageNet-normalised."""
     mean = torch.as_tensor(MEAN, device=x.device).view(3, 1, 1)
     std = torch.as_tensor(STD, device=x.device).view(3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    return (x / 255.0 - mean) / std
 
 
 def motion_target(gray: np.ndarray, view: View, s: int, frame_size: tuple[int, int] | None = None) -> np.ndarray:

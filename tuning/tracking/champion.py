@@ -56,7 +56,7 @@ def _tensor(key: str, value: Any, normalized: bool) -> Any:
     normalised as in training; normalised frames (``normalized`` true) are taken as they are."""
     import torch
 
-    from egomodel.data.transforms import MEAN, STD
+    from egomodel.data.transforms import normalize_pixels
 
     arr = np.asarray(value)
     if key != "frames":
@@ -73,8 +73,7 @@ def _tensor(key: str, value: Any, normalized: bool) -> Any:
     if low < 0 or high > 255:
         raise ValueError(f"frames: values {low:g}..{high:g} are not pixel values 0-255; frames already "
                          "normalised need params {\"normalized\": true}")
-    mean, std = torch.as_tensor(MEAN).view(3, 1, 1), torch.as_tensor(STD).view(3, 1, 1)
-    return (x / 255.0 - mean) / std  # egomodel.data.transforms.normalize_frames on uint8, in float
+    return normalize_pixels(x)
 
 
 def signature(cfg: Any) -> tuple[ModelSignature, dict[str, np.ndarray]]:
@@ -89,12 +88,16 @@ def signature(cfg: Any) -> tuple[ModelSignature, dict[str, np.ndarray]]:
     return ModelSignature(inputs=Schema(specs), params=params), example
 
 
-def register(client: mlflow.MlflowClient, run_id: str, checkpoint: Path, classes: list[str], name: str) -> str:
-    """Log the checkpoint as a pyfunc model in the trial's run, register it, point ``champion`` at it."""
+def register(client: mlflow.MlflowClient, run_id: str, checkpoint: Path, name: str) -> str:
+    """Log the checkpoint as a pyfunc model in the trial's run (its class names in the model's metadata),
+    register it, point ``champion`` at it."""
     from egomodel.config import from_dict
     from egomodel.model.checkpoint import load
 
-    sig, example = signature(from_dict(load(checkpoint)["config"], {"model.pretrained": "none"}))
+    saved = load(checkpoint)
+    classes = list(saved["classes"])
+    sig, example = signature(from_dict(saved["config"], {"model.pretrained": "none"}))
+    del saved  # the weights: only the config and the class names are needed here
     mlflow.set_tracking_uri(client.tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
