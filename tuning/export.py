@@ -20,7 +20,7 @@ from pathlib import Path
 from egomodel.cli import USER_ERRORS, run_cli
 from egomodel.export import ParityError, export_checkpoint
 from tuning.retrain import RetrainError, champion_run
-from tuning.tracking.mlflow_runs import TrackingError, check_reachable
+from tuning.tracking.mlflow_runs import TRACKING_HELP, TrackingError, check_reachable, tracking_uri
 
 CHECKPOINTS = "checkpoint"  # where a trial run keeps its *_best.pt files
 
@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default: export-RUNID)")
     p.add_argument("--data", default=None, help="data root of the parity clips (default: the run's data.root)")
     p.add_argument("--clips", type=int, default=8, help="parity clips (default 8)")
-    p.add_argument("--tracking-uri", default=f"sqlite:///{Path('mlflow.db').resolve()}")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     args = p.parse_args(argv)
-    client = check_reachable(args.tracking_uri)
+    client = check_reachable(tracking_uri(args.tracking_uri))
     run_id = champion_run(client, args.model_name) if args.champion else args.run_id
     out = Path(args.out or f"export-{run_id[:8]}")
     parity = export_run(client, run_id, out, args.data, args.clips)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from egomodel.cli import run_cli
-from tuning.tracking.mlflow_runs import TrackingError, check_reachable
+from tuning.tracking.mlflow_runs import TRACKING_HELP, TrackingError, check_reachable, tracking_uri
 
 # Table 3 of the paper: (variant, ms_task or None) -> (row name, top-1 %), in the paper's order
 PAPER = {
@@ -122,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tuning.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parent", required=True, help="the search's parent MLflow run id")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; default sqlite:///mlflow.db")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
 
     def run(a: list[str] | None) -> int:
         args = p.parse_args(a)
-        report(check_reachable(args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"), args.parent)
+        report(check_reachable(tracking_uri(args.tracking_uri)), args.parent)
         return 0
 
     return run_cli(run, argv, (ReportError, TrackingError))

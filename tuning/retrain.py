@@ -24,7 +24,7 @@ from egomodel.config import Config, ConfigError, from_dict, known_keys
 from egomodel.data.layout import DataError
 from egomodel.training.engine import train
 from tuning.tracking.champion import ALIAS
-from tuning.tracking.mlflow_runs import TrackingError, check_reachable
+from tuning.tracking.mlflow_runs import TRACKING_HELP, TrackingError, check_reachable, tracking_uri
 
 
 class RetrainError(RuntimeError):
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-name", default=None, help="registered model name (with --champion)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--data", default=None, help="data root (default: the run's data.root)")
-    p.add_argument("--tracking-uri", default=f"sqlite:///{Path('mlflow.db').resolve()}")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     p.add_argument("--epochs-scale", type=float, default=None,
                    help="scale every stage's epochs (default 1.0: the full schedule, whatever the search ran at)")
     p.add_argument("--out", default="retrain", help="output folder (one subfolder per seed)")
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise RetrainError(f"--seeds must be >= 1, got {args.seeds}")
+    args.tracking_uri = tracking_uri(args.tracking_uri)
     client = check_reachable(args.tracking_uri)
     run_id = champion_run(client, args.model_name) if args.champion else args.run_id
     try:

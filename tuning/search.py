@@ -39,6 +39,7 @@ from tuning.space.rungs import resolve_rungs
 from tuning.space.sampling import decode, runtime_overrides
 from tuning.space.types import SearchSpace
 from tuning.tracking.mlflow_runs import (
+    TRACKING_HELP,
     TrackingError,
     artifact_root,
     check_artifact_root,
@@ -47,6 +48,7 @@ from tuning.tracking.mlflow_runs import (
     find_parent,
     parent_run,
 )
+from tuning.tracking.mlflow_runs import tracking_uri as resolve_tracking_uri
 from tuning.tracking.pareto import ParetoError, champion_rule, pick_from_front
 from tuning.tracking.policy import CHECKPOINT_DIR, LOG_CHECKPOINTS, POLICY_PARAM
 
@@ -68,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: the space's)")
     p.add_argument("--address", default=None, help="Ray cluster: auto, ray://HOST:10001; default: start a local one")
     p.add_argument("--storage", default=None, help="Ray storage path or URI (s3://...); default ./ray_results")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; default sqlite:///mlflow.db")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     p.add_argument("--experiment", default=None, help="MLflow experiment and Ray run name (default: space name)")
     p.add_argument("--model-name", default=None, help="registered model name (default: egosearch-EXPERIMENT)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
@@ -250,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         raise SearchError(f"--storage {storage}: unknown scheme; give a path, s3://BUCKET/..., gs://BUCKET/... "
                           "or another pyarrow filesystem URI")
     name = args.experiment or space.name
-    tracking_uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
     client = check_reachable(tracking_uri)
     artifacts = artifact_root(tracking_uri, args.artifact_root)
     if args.artifact_root and client.get_experiment_by_name(name):  # it keeps its artifacts elsewhere: refused

@@ -34,6 +34,16 @@ class TrackingError(RuntimeError):
     pass
 
 
+TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable, read by its client and its CLI
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder)"
+
+
+def tracking_uri(given: str | None) -> str:
+    """The store a command talks to, chosen as MLflow's own tools choose it: ``--tracking-uri`` when
+    given, else ``$MLFLOW_TRACKING_URI``, else a SQLite ``mlflow.db`` in the working folder."""
+    return given or os.environ.get(TRACKING_ENV) or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
 def git_revision() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
