@@ -330,8 +330,10 @@ def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_dict(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
-    """Build and validate a config from a nested dict plus dotted overrides."""
-    merged = _merge(values or {}, unflatten(overrides or {}))
+    """Build and validate a config from a dict plus dotted overrides. The dict may be nested
+    (``{"model": {"alpha": 1}}``, the form of a run's ``config.yaml``), dotted (``{"model.alpha": 1}``, the
+    form of a search space's ``base``) or a mix: one YAML dialect for every file that holds settings."""
+    merged = _merge(unflatten(flatten(values or {})), unflatten(overrides or {}))
     return validate(_build(Config, merged, ""))
 
 
@@ -343,6 +345,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         values = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {p}: expected a mapping of settings (nested or dotted keys)")
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     return from_dict(values, overrides)

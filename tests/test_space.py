@@ -202,7 +202,6 @@ BAD = [
     (mutate("params", ["model.alpha"]), "params"),
     (mutate(f"{P}/model.alhpa", {"type": "float", "low": 1, "high": 2}), "params.model.alhpa"),
     (mutate("base/model.alhpa", 1), "base.model.alhpa"),
-    (mutate("base/model", {"alpha": 1}), "base.model"),
     (mutate(f"{P}/model.alpha/type", "normal"), "params.model.alpha.type"),
     (mutate(f"{P}/model.alpha/type"), "params.model.alpha.type"),
     (mutate(f"{P}/model.alpha/hihg", 3), "params.model.alpha.hihg"),

@@ -149,7 +149,8 @@ def resources(v: Any) -> dict[str, float]:
 
 
 def base(v: Any, known: dict[str, Any]) -> dict[str, Any]:
-    v = mapping("base", {} if v is None else v, " of dotted egomodel keys to values")
+    """``base`` as dotted keys; nested sections (``model: {alpha: 1}``, a run's ``config.yaml``) are the same."""
+    v = ecfg.flatten(mapping("base", {} if v is None else v, " of egomodel keys (dotted or nested) to values"))
     for k in v:
         if not isinstance(k, str) or k not in known:
             raise SpaceError(

@@ -211,6 +211,21 @@ def _scheduler(v: Any) -> Scheduler:
     return Scheduler(t, grace, factor, rungs)
 
 
+def _base_file(v: Any, path: Path, params: Any) -> Any:
+    """``base: FILE`` names a settings file (nested or dotted; the ``config.yaml`` a run wrote works as is),
+    relative to the space's folder. Its keys that the space searches give way to ``params``."""
+    if not isinstance(v, str):
+        return v
+    file = (path.parent / v).expanduser()
+    try:
+        values = read_yaml(file, file.read_text())
+    except OSError as e:
+        raise SpaceError(f"base: cannot read the settings file {file}: {e.strerror or e}") from None
+    searched = set(params) if isinstance(params, dict) else set()
+    flat = ecfg.flatten(fields.mapping(f"base ({file})", values or {}, " of egomodel keys (dotted or nested)"))
+    return {k: val for k, val in flat.items() if k not in searched}
+
+
 def _parse(data: Any, path: Path, text: str) -> SearchSpace:
     data = fields.mapping("space", data, " with keys such as metric, base, params")
     for k in data:
@@ -239,7 +254,7 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
     check_scheduler(objectives, scheduler.type)
 
     known = ecfg.known_keys()
-    base = fields.base(data.get("base"), known)
+    base = fields.base(_base_file(data.get("base"), path, data.get("params")), known)
     raw_params = data.get("params")
     if raw_params is None or raw_params == {}:
         raise SpaceError("params: missing or empty; a space needs at least one param to search")
