@@ -6,6 +6,12 @@ scheduler stops, skips ``on_trial_result`` for the result it stopped on and then
 (seen with ray 2.60 / optuna 5.0). Here every epoch is reported at its global epoch
 (``trial.report(value, global_epoch)``), the stopping result included, and a trial stopped before its
 final epoch is then told PRUNED (Optuna keeps the last intermediate value as its value).
+
+A multi-objective study takes no intermediate values, so there a stopped trial is told COMPLETE with
+the objective values of the result it was stopped on, marked with the user attr
+``egosearch.stopped_at_epoch`` (see :meth:`PruneAwareOptunaSearch.on_trial_complete` for why). A tell
+that fails (the study's database unavailable) never stops the search: it is printed and tried again
+at the searcher's next event.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tuning.execution.study import METRIC_ATTR, RAY_TRIAL_ATTR, RERUN_ATTR, orphans
+from tuning.execution.study import METRIC_ATTR, RAY_TRIAL_ATTR, RERUN_ATTR, STOPPED_ATTR, orphans
 from tuning.space.sampling import DefineByRun, encode_point
 from tuning.space.types import SearchSpace
 
@@ -48,9 +54,12 @@ class PruneAwareOptunaSearch(OptunaSearch):
         checked = self.__dict__.setdefault("_checked", set())
         if trial_id in checked and trial_id not in self._completed_trials:
             return True
-        checked.add(trial_id)
         trial = self._ot_trials[trial_id]
-        state = self._ot_study._storage.get_trial(trial._trial_id).state
+        try:
+            state = self._ot_study._storage.get_trial(trial._trial_id).state
+        except Exception:  # noqa: BLE001 - the database away: looked at again at the next event
+            return trial_id not in self._completed_trials
+        checked.add(trial_id)
         if state == TrialState.FAIL:
             self._ot_trials[trial_id] = rerun(self._ot_study, trial._trial_id, trial_id)
             self._completed_trials.discard(trial_id)
@@ -73,12 +82,29 @@ class PruneAwareOptunaSearch(OptunaSearch):
             return
         trial = self._ot_trials[trial_id]
         if int(step) not in trial._cached_frozen_trial.intermediate_values:
-            trial.report(float(value), int(step))
+            try:
+                trial.report(float(value), int(step))
+            except Exception as e:  # noqa: BLE001 - the study's database away: the search goes on without it
+                print(f"warning: Optuna could not record epoch {step} of Ray trial {trial_id}: "
+                      f"{type(e).__name__}: {e}", flush=True)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Ray calls this once it has given up on a failed trial (after its ``max_failures`` retries:
         Ray does not tell the searcher about the attempts it retries), so a trial that finishes after a
-        retry is told COMPLETE, and FAIL only when no attempt is left."""
+        retry is told COMPLETE, and FAIL only when no attempt is left.
+
+        A trial the scheduler stopped early is told PRUNED in a single-objective study: TPE ranks pruned
+        trials by how far they got, then by their last intermediate value, which is sound. A
+        multi-objective study cannot hold intermediate values (``Trial.report`` refuses), and Optuna 5's
+        TPE ranks pruned trials by those alone (``_get_pruned_trial_score``: every valueless one ties,
+        so the earliest numbers fill its "good" set, whatever they measured). There a stopped trial is
+        told COMPLETE with the objective values of the result it was stopped on, user attr
+        ``egosearch.stopped_at_epoch`` = that epoch: TPE then ranks it by non-domination with the
+        others, as MOASHA did when it stopped it. Its accuracy is a truncated, pessimistic one, so a
+        stopped trial ranks below the finished trials that match its cost, while a stopped trial that
+        measured better ranks above one that measured worse. The champion is never one of them: it is
+        taken from the trials Ray saw finish (:func:`tuning.tracking.pareto.pick_from_front`)."""
+        self._retry_untold()
         if not self._live(trial_id):
             return
         stopped_early = (
@@ -90,10 +116,37 @@ class PruneAwareOptunaSearch(OptunaSearch):
                 self._report(trial_id, result)  # the last epoch, held back for the closing summary
             return super().on_trial_complete(trial_id, result, error)
         self._report(trial_id, result)  # the rung result Ray did not pass to on_trial_result
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        attrs = {STOPPED_ATTR: int(result["global_epoch"])}
+        values = [result.get(m) for m in self.metric] if isinstance(self.metric, list) else None
+        if values is not None and None not in values:
+            self._tell(trial_id, TrialState.COMPLETE, [float(v) for v in values], attrs)
+        else:
+            self._tell(trial_id, TrialState.PRUNED, None, attrs)
+
+    def _tell(self, trial_id: str, state: TrialState, values: list[float] | None, attrs: dict[str, Any]) -> None:
+        """Tell Optuna how a trial ended; when its database is away, printed and kept (with the searcher's
+        saved state) to be told at the next event, as Ray's own tell of a finished trial only warns."""
         self._completed_trials.add(trial_id)
+        self.__dict__.setdefault("_untold", {})[trial_id] = (state, values, attrs)
+        self._retry_untold()
+
+    def _retry_untold(self) -> None:
+        untold = self.__dict__.get("_untold") or {}
+        for trial_id, (state, values, attrs) in list(untold.items()):
+            trial = self._ot_trials[trial_id]
+            try:
+                if not self._ot_study._storage.get_trial(trial._trial_id).state.is_finished():
+                    for k, v in attrs.items():
+                        trial.set_user_attr(k, v)
+                    self._ot_study.tell(trial, values, state=state)
+            except Exception as e:  # noqa: BLE001 - never stop the search for the study's database
+                print(f"warning: Optuna could not be told that Ray trial {trial_id} ended {state.name}: "
+                      f"{type(e).__name__}: {e}; it will be told at the next trial event", flush=True)
+                return
+            del untold[trial_id]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._retry_untold()
         if result.get("final") or not self._live(trial_id):  # the summary repeats the last epoch
             return
         self._report(trial_id, result)
@@ -103,6 +156,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         saved the search was lost with the driver before it ran: it is told FAIL, never run twice."""
         super().restore(checkpoint_path)
         self._checked = set()  # this driver looks at the study again
+        self._retry_untold()
         lost = orphans(self._ot_study, {t.number for t in self._ot_trials.values()})
         for number in lost:
             self._ot_study.tell(number, state=TrialState.FAIL)

@@ -27,6 +27,7 @@ STORAGE_TAG, STUDY_TAG = "optuna_storage", "optuna_study"  # on the parent MLflo
 WARM_TAG = "warm_start"  # on the parent MLflow run: what the search was warmed from
 RAY_TRIAL_ATTR = "ray_trial_id"  # a trial's user attribute: the Ray trial (and MLflow run tag) it is
 RERUN_ATTR = "egosearch.rerun_of"  # a trial's user attribute: the FAIL trial it continues (Ray ran it again)
+STOPPED_ATTR = "egosearch.stopped_at_epoch"  # a trial's user attribute: the epoch the scheduler stopped it at
 
 
 class StudyError(RuntimeError):

@@ -46,7 +46,14 @@ stop it:
 
 Replays are harmless: runs are found again by their trial tag before one is created, metrics carry
 the timestamp of their first attempt, tags and params are idempotent, an artifact already there with
-the same size is not uploaded again.
+the same size is not uploaded again. Each epoch's metrics are logged once: a batch carries its global
+epoch, and an epoch at or below the last one the run holds is not logged again (a retried trial's
+replayed epochs). The run's own history decides what it holds, not this callback's saved state: a
+driver killed after MLflow took epochs 4 and 5 but before Ray saved the callback (which said 3) would
+otherwise log them twice when ``--resume`` replays them, so a restored driver reads each run's
+``stage`` history (one point per logged epoch) before its next write to that run. The final result (the
+last epoch with the trial's summary: ``best_val_top1``, ``test_top1``, ``trial_wall_s``) is one batch at
+the last epoch, deduplicated the same way.
 
 What a trial's run keeps follows ``--log-checkpoints`` (:mod:`tuning.tracking.policy`).
 """
@@ -78,6 +85,7 @@ from tuning.tracking.trial_files import curves_png, error_reason, error_text
 from tuning.tracking.write_retry import Dropped, flush_timeout, is_permanent, now_ms, one_line
 
 EPOCH_METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "lr", "data_wait_fraction", "stage")
+SUMMARY_METRICS = ("best_val_top1", "test_top1", "trial_wall_s")  # a finished trial's, at its last epoch
 PLOTS_DIR = "plots"
 ASYNC_BATCHES = 1000  # metric/tag writes sent to MLflow before waiting for their confirmation
 MAX_METRICS, MAX_TAGS = 1000, 100  # MLflow's limits for one log_batch
@@ -109,6 +117,7 @@ class MlflowCallback(Callback):
         self.log_checkpoints = log_checkpoints
         self._runs: dict[str, str] = {}
         self._logged_epoch: dict[str, int] = {}  # per trial: the last global epoch whose metrics were logged
+        self._unverified: set[str] = set()  # restored runs whose logged epochs are read from MLflow first
         self._pending: deque[Op] = deque()
         self._client: MlflowClient | None = None
         self._down_since: float | None = None
@@ -138,6 +147,7 @@ class MlflowCallback(Callback):
         self.__dict__.update(state)
         self.__dict__["_reconciled"] = False  # a restored driver looks again
         self.__dict__.setdefault("_logged_epoch", {})
+        self.__dict__.setdefault("_unverified", set())
         self.__dict__.setdefault("_pending", deque())
         self.__dict__.setdefault("log_checkpoints", "best")
         for k, v in (("_down_since", None), ("_next_try", 0.0), ("_delay", self.retry_min_s), ("_exp_id", None)):
@@ -153,7 +163,11 @@ class MlflowCallback(Callback):
         return {"runs": dict(self._runs), "pending": pending, "logged_epoch": dict(self._logged_epoch)}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """A resumed driver: its runs, its backlog, and the epochs each run held when Ray saved this state,
+        which may be fewer than it holds now (writes confirmed after the save): each restored run's history
+        is read again before its next write."""
         self._runs.update(state.get("runs", {}))
+        self._unverified.update(state.get("runs", {}))
         for tid, epoch in state.get("logged_epoch", {}).items():  # a retried trial's replayed epochs stay once
             self._logged_epoch[tid] = max(epoch, self._logged_epoch.get(tid, 0))
         with self._lock:
@@ -246,6 +260,11 @@ class MlflowCallback(Callback):
         with self._lock:
             group = list(islice((op for op in self._pending), ASYNC_BATCHES))
         chunks: list[dict[str, Any]] = []
+        try:
+            for op in group:
+                self._read_logged(op.target)
+        except Exception:  # noqa: BLE001 - classified when applied synchronously
+            return 0
         upto = dict(self._logged_epoch)
         for op in group:
             if op.kind != "batch" or (op.target and op.target not in self._runs):
@@ -289,6 +308,14 @@ class MlflowCallback(Callback):
             metrics = []  # a replayed epoch of a retried trial: logged the first time
         return metrics, dict(p.get("tags", {})), epoch
 
+    def _read_logged(self, target: str) -> None:
+        """The last epoch a restored run holds, from its ``stage`` history (one point per logged epoch)."""
+        if target not in self._unverified or target not in self._runs:
+            return
+        logged = self.client.get_metric_history(self._runs[target], "stage")
+        self._confirm_epoch(target, max((m.step for m in logged), default=0))
+        self._unverified.discard(target)
+
     def _confirm_epoch(self, target: str, epoch: int | None) -> None:
         if epoch is not None:
             self._logged_epoch[target] = max(epoch, self._logged_epoch.get(target, 0))
@@ -325,6 +352,7 @@ class MlflowCallback(Callback):
             return
         rid = self._rid(op.target)
         if op.kind == "batch":
+            self._read_logged(op.target)
             metrics, tags, epoch = self._batch_content(op, self._logged_epoch)
             self.client.log_batch(rid, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
             self._confirm_epoch(op.target, epoch)
@@ -422,26 +450,25 @@ class MlflowCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._ensure_run(trial)
         step = int(result["global_epoch"])
-        epoch = {**result, "val_top1": result.get("epoch_val_top1")} if result.get("final") else result
+        final = bool(result.get("final"))
+        epoch = {**result, "val_top1": result.get("epoch_val_top1")} if final else dict(result)
+        if final:  # the trial's summary goes with its last epoch, so that both are logged once
+            epoch.update(best_val_top1=result.get("val_top1"), test_top1=result.get("test_top1"),
+                         trial_wall_s=result.get("trial_wall_s"))
         ts = now_ms()
-        metrics = [(k, float(epoch[k]), ts, step) for k in EPOCH_METRICS
+        metrics = [(k, float(epoch[k]), ts, step) for k in EPOCH_METRICS + (SUMMARY_METRICS if final else ())
                    if isinstance(epoch.get(k), (int, float)) and not isinstance(epoch.get(k), bool)]
         tags = {}
         if result.get("stage_epoch") == 1:  # a stage boundary
             tags[f"stage{result['stage']}_start_epoch"] = str(step)
         # a retried trial repeats the epochs after its last checkpoint: _apply logs each epoch once
-        self._put(trial.trial_id, "batch", metrics=metrics, tags=tags,
-                  epoch_step=None if result.get("final") else step)
+        self._put(trial.trial_id, "batch", metrics=metrics, tags=tags, epoch_step=step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ensure_run(trial)
         last = trial.last_result or {}
         tid = trial.trial_id
-        if last.get("final"):
-            finals = {"best_val_top1": last["val_top1"], "test_top1": last.get("test_top1"),  # test: table3-like
-                      "trial_wall_s": last.get("trial_wall_s")}
-            self._put(tid, "batch", metrics=[(k, float(v), now_ms(), int(last["global_epoch"]))
-                                             for k, v in finals.items() if v is not None], tags={})
+        if last.get("final"):  # its summary metrics went out with the final result (on_trial_result)
             if trial.checkpoint is not None:
                 self._put(tid, "artifacts", checkpoint=trial.checkpoint,
                           weights=logs_weights(self.log_checkpoints, True))
