@@ -119,3 +119,69 @@ def test_a_failing_tell_never_stops_the_search_and_is_told_later(capsys):
     a = s._ot_study.trials[0]
     assert a.state == TrialState.PRUNED and a.intermediate_values == {2: 0.1}
     assert a.user_attrs["egosearch.stopped_at_epoch"] == 2
+
+
+# ------------------------------------------------------------------ warm starts from comparable studies
+def _source(storage, name, record, directions=("maximize",), pruned_at=None):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from tuning.execution.study import METRIC_ATTR
+
+    study = optuna.create_study(study_name=name, storage=storage, directions=list(directions))
+    study.set_user_attr(METRIC_ATTR, "val_top1")
+    for k, v in (record or {}).items():
+        study.set_user_attr(k, v)
+    dists = {"model.alpha": FloatDistribution(0.1, 10, log=True), "model.tau": FloatDistribution(0.0, 0.4),
+             "train.stage3.lr": FloatDistribution(1e-5, 1e-2, log=True)}
+    params = {"model.alpha": 1.0, "model.tau": 0.2, "train.stage3.lr": 1e-3}
+    values = [0.5] * len(directions)
+    study.add_trial(create_trial(params=params, distributions=dists, values=values))
+    if pruned_at:
+        study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.PRUNED,
+                                     intermediate_values={pruned_at: 0.9}))
+    return study
+
+
+def test_warm_start_refuses_another_data_set_schedule_or_objectives_naming_both(tmp_path):
+    from tuning.execution.study import StudyError, open_storage, storage_uri, study_record, warm_trials
+
+    storage = open_storage(storage_uri(f"sqlite:///{tmp_path / 'optuna.db'}"))
+    space = load_space("smoke")
+    ours = study_record(space, [30, 20, 20], 1.0, "/data/gtea61", "fp-gtea")
+    smoke = study_record(space, [3, 2, 2], 0.1, "/data/gtea61", "fp-gtea")  # a shorter schedule, same data
+    synthetic = study_record(space, [30, 20, 20], 1.0, "/cache/synthetic", "fp-synth")
+    _source(storage, "short", smoke, pruned_at=6)
+    _source(storage, "synth", synthetic)
+    _source(storage, "legacy", None)
+    _source(storage, "mo", synthetic, directions=("maximize", "minimize"))
+    with pytest.raises(StudyError, match=r"study 'short' ran the schedule train.epochs_scale 0.1, epochs per stage "
+                       r"\[3, 2, 2\]; this search runs train.epochs_scale 1.0, epochs per stage \[30, 20, 20\]"):
+        warm_trials(storage, "short", space, None, ours)
+    with pytest.raises(StudyError, match=r"ran on the data at /cache/synthetic \(fingerprint fp-synth\); this search "
+                       r"uses /data/gtea61 \(fingerprint fp-gtea\)"):
+        warm_trials(storage, "synth", space, None, ours)
+    with pytest.raises(StudyError, match="does not record the data set and schedule"):
+        warm_trials(storage, "legacy", space, None, ours)
+    with pytest.raises(StudyError, match=r"study 'mo' is a multi-objective study"):
+        warm_trials(storage, "mo", space, None, ours)
+
+
+def test_warm_start_takes_pruned_trials_only_from_the_same_schedule(tmp_path):
+    """Same data and schedule: the pruned trial comes with its epochs, which this search's epochs match."""
+    from optuna.trial import TrialState
+
+    from tuning.execution.searcher import make_searcher, study_of
+    from tuning.execution.study import DATA_ATTR, SCHEDULE_ATTR, open_storage, storage_uri, study_record, warm_trials
+
+    storage = open_storage(storage_uri(f"sqlite:///{tmp_path / 'optuna.db'}"))
+    space = load_space("smoke")
+    ours = study_record(space, [3, 2, 2], 1.0, "/data/gtea61", "fp-gtea")
+    _source(storage, "same", ours, pruned_at=5)
+    warm, _, _ = warm_trials(storage, "same", space, None, ours)
+    assert [(t.state, t.intermediate_values) for t in warm] == [(TrialState.COMPLETE, {}),
+                                                               (TrialState.PRUNED, {5: 0.9})]
+    study = study_of(make_searcher(space, 1, 0, storage, "now", warm, ours))
+    assert study.user_attrs[DATA_ATTR] == {"fingerprint": "fp-gtea", "root": "/data/gtea61"}
+    assert study.user_attrs[SCHEDULE_ATTR] == {"epochs_scale": 1.0, "stage_epochs": [3, 2, 2]}

@@ -15,17 +15,21 @@ from tuning.execution.study import (
     check_new_study,
     open_storage,
     storage_uri,
+    study_record,
     warm_trials,
 )
 from tuning.space import load_space
 
 SMOKE = {"model.alpha": FloatDistribution(0.1, 10, log=True), "model.tau": FloatDistribution(0.0, 0.4),
          "train.stage3.lr": FloatDistribution(1e-5, 1e-2, log=True)}
+RECORD = study_record(load_space("smoke"), [3, 2, 2], 1.0, "/data/gtea61", "fp1")  # what the searches ran on
 
 
 def _earlier(storage, name="earlier", direction="maximize", metric="val_top1"):
     study = optuna.create_study(study_name=name, storage=storage, direction=direction)
     study.set_user_attr(METRIC_ATTR, metric)
+    for k, v in RECORD.items():
+        study.set_user_attr(k, v)
     fits = {"model.alpha": 1.0, "model.tau": 0.2, "train.stage3.lr": 1e-3}
     study.add_trial(create_trial(params=fits, distributions=SMOKE, value=0.5))
     study.add_trial(create_trial(params={**fits, "model.alpha": 2.0}, distributions=SMOKE, value=0.3,
@@ -45,7 +49,7 @@ def test_warm_start_adds_the_fitting_finished_trials_and_skips_the_rest(tmp_path
     storage = open_storage(uri)
     _earlier(storage)
     space = load_space("smoke")
-    warm, skipped, label = warm_trials(storage, "earlier", space, client=None)
+    warm, skipped, label = warm_trials(storage, "earlier", space, client=None, record=RECORD)
     assert (len(warm), skipped, label) == (3, 2, "study 'earlier'")
     study = study_of(make_searcher(space, 2, 0, storage, "now", warm))
     got = [(t.state, t.value, t.params.get("model.alpha")) for t in study.trials]
@@ -59,12 +63,14 @@ def test_warm_start_refusals(tmp_path):
     space = load_space("smoke")
     _earlier(storage, "loss", direction="minimize", metric="val_loss")
     with pytest.raises(StudyError, match="minimizes val_loss; this search maximizes val_top1"):
-        warm_trials(storage, "loss", space, client=None)
-    optuna.create_study(study_name="empty", storage=storage, direction="maximize")
+        warm_trials(storage, "loss", space, client=None, record=RECORD)
+    empty = optuna.create_study(study_name="empty", storage=storage, direction="maximize")
+    for k, v in RECORD.items():
+        empty.set_user_attr(k, v)
     with pytest.raises(StudyError, match="none of the 0 finished trials of study 'empty' fits"):
-        warm_trials(storage, "empty", space, client=None)
+        warm_trials(storage, "empty", space, client=None, record=RECORD)
     with pytest.raises(StudyError, match="no Optuna study and no MLflow experiment"):
-        warm_trials(storage, "nothing", space, client=None)
+        warm_trials(storage, "nothing", space, client=None, record=RECORD)
 
 
 def test_a_new_search_under_an_existing_study_name_is_refused(tmp_path):

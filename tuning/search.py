@@ -21,6 +21,7 @@ from egomodel.cli import run_cli
 from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
+from egomodel.training.stages import stage_plan
 from tuning.execution import feasibility, storage_check
 from tuning.execution.leases import start_lease_actor
 from tuning.execution.study import (
@@ -31,6 +32,7 @@ from tuning.execution.study import (
     check_new_study,
     open_storage,
     storage_uri,
+    study_record,
     warm_trials,
 )
 from tuning.space.errors import SpaceError
@@ -281,8 +283,10 @@ def run(args: argparse.Namespace) -> int:
     study_uri = study_storage(args, name)
     optuna_storage = open_storage(study_uri)
     check_new_study(optuna_storage, study_uri, name, args.resume)
-    warm, skipped, warm_label = warm_trials(optuna_storage, args.warm_start, space, client) if args.warm_start \
-        else ([], 0, "")
+    record = study_record(space, [s.epochs for s in stage_plan(cfg.model.variant, cfg.train)],
+                          cfg.train.epochs_scale, data_root, bundle.fingerprint)
+    warm, skipped, warm_label = warm_trials(optuna_storage, args.warm_start, space, client, record) \
+        if args.warm_start else ([], 0, "")
     if args.warm_start:
         print(f"warm start from {warm_label}: {len(warm)} finished trials added, {skipped} skipped "
               "(a param missing or a value outside this space)")
@@ -328,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=make_searcher(space, args.max_concurrent or space.max_concurrent, seed, optuna_storage,
-                                         name, warm),
+                                         name, warm, record),
                 scheduler=make_scheduler(space, n_total, rungs),
                 num_samples=args.num_samples or space.num_samples,
                 metric=space.metric, mode=space.mode,

@@ -200,10 +200,11 @@ def make_sampler(seed: int) -> optuna.samplers.TPESampler:
 
 
 def make_searcher(space: SearchSpace, max_concurrent: int, seed: int, storage: Any = None,
-                  study_name: str | None = None, warm: list[optuna.trial.FrozenTrial] | None = None
-                  ) -> RerunAwareLimiter:
+                  study_name: str | None = None, warm: list[optuna.trial.FrozenTrial] | None = None,
+                  record: dict[str, Any] | None = None) -> RerunAwareLimiter:
     """TPE inside Ray; the study in ``storage`` (an Optuna storage; None: in memory, saved only with Ray's
-    searcher state) under ``study_name``, with the ``warm`` trials added before the first trial."""
+    searcher state) under ``study_name``, with the ``warm`` trials added before the first trial and
+    ``record`` (``tuning.execution.study.study_record``: data set, schedule, objectives) as user attrs."""
     multi = bool(space.objectives)  # a study with one direction per objective
     searcher = PruneAwareOptunaSearch(
         space=DefineByRun(space),
@@ -216,6 +217,8 @@ def make_searcher(space: SearchSpace, max_concurrent: int, seed: int, storage: A
     )
     study = searcher._ot_study
     study.set_user_attr(METRIC_ATTR, space.metric)
+    for key, value in (record or {}).items():
+        study.set_user_attr(key, value)
     if warm:
         study.add_trials(warm)
     return RerunAwareLimiter(searcher, max_concurrent=max_concurrent)

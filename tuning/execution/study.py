@@ -28,6 +28,10 @@ WARM_TAG = "warm_start"  # on the parent MLflow run: what the search was warmed 
 RAY_TRIAL_ATTR = "ray_trial_id"  # a trial's user attribute: the Ray trial (and MLflow run tag) it is
 RERUN_ATTR = "egosearch.rerun_of"  # a trial's user attribute: the FAIL trial it continues (Ray ran it again)
 STOPPED_ATTR = "egosearch.stopped_at_epoch"  # a trial's user attribute: the epoch the scheduler stopped it at
+# the study's user attributes, set when its search starts: what its trials' values are comparable with
+DATA_ATTR = "egosearch.data"  # {"fingerprint", "root"}: the data set its trials trained and validated on
+SCHEDULE_ATTR = "egosearch.schedule"  # {"epochs_scale", "stage_epochs"}: the base configuration's stages
+OBJECTIVES_ATTR = "egosearch.objectives"  # [[name, "max" | "min"], ...]: what its values are
 
 
 class StudyError(RuntimeError):
@@ -112,18 +116,59 @@ def fitting(space: SearchSpace, trial: FrozenTrial) -> FrozenTrial | None:
         return None
 
 
-def warm_trials(storage: optuna.storages.BaseStorage, source: str, space: SearchSpace, client: Any
-                ) -> tuple[list[FrozenTrial], int, str]:
+def study_record(space: SearchSpace, stage_epochs: list[int], epochs_scale: float, data_root: str,
+                 fingerprint: str) -> dict[str, Any]:
+    """What a new study records about its search (user attrs, set by ``make_searcher``): its data set, its
+    schedule (the base configuration's epochs per stage, after ``epochs_scale``) and its objectives."""
+    return {DATA_ATTR: {"fingerprint": fingerprint, "root": data_root},
+            SCHEDULE_ATTR: {"epochs_scale": float(epochs_scale), "stage_epochs": [int(e) for e in stage_epochs]},
+            OBJECTIVES_ATTR: [list(o) for o in space.objectives] or [[space.metric, space.mode]]}
+
+
+def _check_comparable(study: optuna.Study, label: str, source: str, record: dict[str, Any]) -> None:
+    """A warm start takes values measured on the same data with the same schedule, or refuses, naming both.
+    A study that records neither (made before studies recorded them) is refused too: its values may come
+    from another data set or a shorter schedule, and its pruned trials from another fidelity."""
+    attrs = study.user_attrs
+    if DATA_ATTR not in attrs or SCHEDULE_ATTR not in attrs:
+        raise StudyError(f"--warm-start {source}: {label} does not record the data set and schedule it ran on (a "
+                         "search before these records); a warm start needs both to match this search's")
+    theirs, ours = attrs[DATA_ATTR], record[DATA_ATTR]
+    if theirs.get("fingerprint") != ours["fingerprint"]:
+        raise StudyError(f"--warm-start {source}: {label} ran on the data at {theirs.get('root')} (fingerprint "
+                         f"{theirs.get('fingerprint')}); this search uses {ours['root']} (fingerprint "
+                         f"{ours['fingerprint']}): values on another data set are not comparable")
+    theirs, ours = attrs[SCHEDULE_ATTR], record[SCHEDULE_ATTR]
+    if theirs != ours:
+        raise StudyError(f"--warm-start {source}: {label} ran the schedule {_schedule(theirs)}; this search runs "
+                         f"{_schedule(ours)}: values (and pruned trials' epochs) of another schedule are not "
+                         "comparable")
+
+
+def _schedule(s: dict[str, Any]) -> str:
+    return f"train.epochs_scale {s.get('epochs_scale')}, epochs per stage {s.get('stage_epochs')}"
+
+
+def warm_trials(storage: optuna.storages.BaseStorage, source: str, space: SearchSpace, client: Any,
+                record: dict[str, Any]) -> tuple[list[FrozenTrial], int, str]:
     """The finished trials (complete or pruned) of the study ``source`` that fit ``space``, how many were
     skipped, and what was used ("study NAME in URI"). A study of that name in this storage is used;
-    else the MLflow experiment of that name, through the study its newest search recorded."""
+    else the MLflow experiment of that name, through the study its newest search recorded. The source
+    must be a single-metric study of the same metric and mode, data set and schedule as ``record``
+    (:func:`study_record` of this search), or a ``StudyError`` says what differs before any trial runs;
+    with the same schedule a pruned trial's intermediate values are at the epochs this search reaches."""
     study, label = _source_study(storage, source, client)
+    if len(study.directions) > 1:
+        objectives = study.user_attrs.get(OBJECTIVES_ATTR) or [d.name.lower() for d in study.directions]
+        raise StudyError(f"--warm-start {source}: {label} is a multi-objective study ({objectives}); a warm start "
+                         f"takes the trials of a single-metric study of {space.metric}")
     want = "maximize" if space.mode == "max" else "minimize"
     direction = study.direction.name.lower()
     metric = study.user_attrs.get(METRIC_ATTR)
     if direction != want or (metric is not None and metric != space.metric):
         raise StudyError(f"--warm-start {source}: {label} {direction}s {metric or 'an unrecorded metric'}; this "
                          f"search {want}s {space.metric} (a warm start needs the same metric and mode)")
+    _check_comparable(study, label, source, record)
     finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     fit = [f for f in (fitting(space, t) for t in finished) if f is not None]
     if not fit:
