@@ -185,3 +185,26 @@ def test_warm_start_takes_pruned_trials_only_from_the_same_schedule(tmp_path):
     study = study_of(make_searcher(space, 1, 0, storage, "now", warm, ours))
     assert study.user_attrs[DATA_ATTR] == {"fingerprint": "fp-gtea", "root": "/data/gtea61"}
     assert study.user_attrs[SCHEDULE_ATTR] == {"epochs_scale": 1.0, "stage_epochs": [3, 2, 2]}
+
+
+# ------------------------------------------------------------------- one champion version per search
+def test_register_makes_one_version_per_trial_run(tmp_path, monkeypatch):
+    """A --resume that reaches the end again (or a driver stopped between registering and the alias):
+    the version already made from the champion's run gets the alias; nothing is logged or registered."""
+    from tuning.tracking import champion
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
+    run, other = (client.create_run(exp).info.run_id for _ in range(2))
+    client.create_registered_model("egosearch-e")
+    client.create_model_version("egosearch-e", f"runs:/{other}/model", other)  # an earlier search's champion
+    made = client.create_model_version("egosearch-e", f"runs:/{run}/model", run).version  # this search's
+
+    def no_second(*a, **k):
+        raise AssertionError("registered again")
+
+    monkeypatch.setattr(champion, "_log_and_register", no_second)
+    uri = champion.register(client, run, tmp_path / "stage3_best.pt", "egosearch-e")
+    assert uri == "models:/egosearch-e@champion"
+    assert str(client.get_model_version_by_alias("egosearch-e", "champion").version) == str(made) == "2"
+    assert len(client.search_model_versions("name = 'egosearch-e'")) == 2

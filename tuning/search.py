@@ -266,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ray import tune
 
+    from tuning.execution.schedulers import state_callbacks
     from tuning.execution.searcher import make_scheduler, make_searcher
     from tuning.execution.trainable import TrialSetup, run_trial, total_epochs
     from tuning.tracking.callback import MlflowCallback
@@ -320,27 +321,30 @@ def run(args: argparse.Namespace) -> int:
     store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"
     # the stage store's leases live in an actor on this node, alive as long as this function runs
     leases, _lease_actor = start_lease_actor() if store_uri else (None, None)
-    setup = TrialSetup(space, data_root, seed, store_uri, storage, marker, leases)
+    rungs = resolve_rungs(space, cfg) if space.scheduler.type != "fifo" else ()
+    # a promotion scheduler pauses trials at its rungs: they hand Ray a checkpoint there to resume from
+    setup = TrialSetup(space, data_root, seed, store_uri, storage, marker, leases,
+                       checkpoint_epochs=rungs if space.scheduler.type.endswith("_promotion") else ())
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
     if args.resume:
         print(f"resuming the search at {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
         n_total = total_epochs(cfg)
-        rungs = resolve_rungs(space, cfg) if space.scheduler.type != "fifo" else ()
+        scheduler = make_scheduler(space, n_total, rungs)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=make_searcher(space, args.max_concurrent or space.max_concurrent, seed, optuna_storage,
                                          name, warm, record),
-                scheduler=make_scheduler(space, n_total, rungs),
+                scheduler=scheduler,
                 num_samples=args.num_samples or space.num_samples,
                 metric=space.metric, mode=space.mode,
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage,
                 callbacks=[MlflowCallback(tracking_uri, parent_id, space, extra, policy),
-                           feasibility.PendingWatch(local)],
+                           feasibility.PendingWatch(local), *state_callbacks(scheduler)],
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),

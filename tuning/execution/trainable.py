@@ -57,6 +57,8 @@ class TrialSetup:
     storage: str | None = None  # the search's storage and the marker the driver wrote there: each trial
     storage_marker: str | None = None  # reads it first (a node that cannot see the storage fails at once)
     leases: Any = None  # the driver's stage-store lease actor (tuning.execution.leases.ActorLeases)
+    # global epochs that always hand Ray a checkpoint: a promotion scheduler's rungs, where a trial may pause
+    checkpoint_epochs: tuple[int, ...] = ()
 
 
 def total_epochs(cfg: Any) -> int:
@@ -184,7 +186,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             held.append(metrics)
             return
         now = time.monotonic()
-        due = now - last_checkpoint[0] >= setup.space.checkpoint_interval_s
+        due = now - last_checkpoint[0] >= setup.space.checkpoint_interval_s or r.global_epoch in setup.checkpoint_epochs
         if not due or (r.from_store and r.epoch < r.stage_epochs):  # replayed: one checkpoint per stored stage
             tune.report(metrics)
         else:

@@ -90,7 +90,23 @@ def signature(cfg: Any) -> tuple[ModelSignature, dict[str, np.ndarray]]:
 
 def register(client: mlflow.MlflowClient, run_id: str, checkpoint: Path, name: str) -> str:
     """Log the checkpoint as a pyfunc model in the trial's run (its class names in the model's metadata),
-    register it, point ``champion`` at it."""
+    register it, point ``champion`` at it. Once per run: when ``name`` already has a version from this run
+    (a ``--resume`` that reaches the end again, or a driver stopped between registering and the alias),
+    that version gets the alias and nothing new is logged or registered."""
+    version = registered_version(client, name, run_id)
+    if version is None:
+        version = _log_and_register(client, run_id, checkpoint, name)
+    client.set_registered_model_alias(name, ALIAS, version)
+    return f"models:/{name}@{ALIAS}"
+
+
+def registered_version(client: mlflow.MlflowClient, name: str, run_id: str) -> str | None:
+    """The newest version of the registered model ``name`` made from the run ``run_id``, or None."""
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return str(max(int(v.version) for v in versions)) if versions else None
+
+
+def _log_and_register(client: mlflow.MlflowClient, run_id: str, checkpoint: Path, name: str) -> str:
     from egomodel.config import from_dict
     from egomodel.model.checkpoint import load
 
@@ -110,6 +126,4 @@ def register(client: mlflow.MlflowClient, run_id: str, checkpoint: Path, name: s
             input_example=(example, {"normalized": False}),
             pip_requirements=["torch", "torchvision", "numpy", "pillow", "pyyaml"],
         )
-    version = mlflow.register_model(info.model_uri, name)
-    client.set_registered_model_alias(name, ALIAS, version.version)
-    return f"models:/{name}@{ALIAS}"
+    return mlflow.register_model(info.model_uri, name).version
