@@ -22,7 +22,7 @@ from egomodel.config import Config, ConfigError, from_dict
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
 from egomodel.training.stages import stage_plan
-from tuning.execution import feasibility, storage_check
+from tuning.execution import feasibility, storage_check, weights_check
 from tuning.execution.leases import start_lease_actor
 from tuning.execution.study import (
     STORAGE_TAG,
@@ -304,6 +304,10 @@ def run(args: argparse.Namespace) -> int:
     except storage_check.StorageError as e:
         raise SearchError(str(e)) from None
     print(checked)
+    try:  # the backbone weights the trials load, on every node alive now; each trial checks again
+        print(weights_check.check(cfg, space, remote=args.address is not None))
+    except weights_check.WeightsCheckError as e:
+        raise SearchError(str(e)) from None
     resources = trial_resources(space, args.address)
     local = args.address in (None, "local")  # the Ray this search starts itself: no autoscaler
     try:  # a trial that no node can ever run: refused before the parent run exists (tuning.execution.feasibility)

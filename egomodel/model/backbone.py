@@ -33,19 +33,18 @@ def build_resnet(pretrained: str, backbone: str = "resnet34") -> ResNet:
     """``pretrained`` is "imagenet" (torchvision cache), "none" (random) or a path to a state dict;
     ``backbone`` a key of :data:`BACKBONES`.
 
-    Never downloads: a missing file is an error that says how to provide the weights.
+    Never downloads: a missing or damaged file is an error that names ``python -m egomodel.weights fetch``.
     """
-    make, url = BACKBONES[backbone]
+    from egomodel.weights import check_weights  # it imports this module
+
+    make, _url = BACKBONES[backbone]
     net = make(weights=None)
     if pretrained == "none":
         return net
-    path = imagenet_weights_path(backbone) if pretrained == "imagenet" else Path(pretrained)
-    if not path.is_file():
-        raise WeightsError(
-            f"{backbone} ImageNet weights not found at {path}. Copy {Path(url).name} "
-            f"(from {url}) there, pass model.pretrained=/path/to/{backbone}.pth, "
-            "or train from scratch with model.pretrained=none."
-        )
+    problem = check_weights(backbone, pretrained)  # ImageNet's file: its SHA-256 checked once per process
+    if problem:
+        raise WeightsError(problem)
+    path = imagenet_weights_path(backbone) if pretrained == "imagenet" else Path(pretrained).expanduser()
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(state)
     return net

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tuning.execution.nodes import on_every_node, this_node
 from tuning.execution.stage_store import filesystem
 
 MARKER_DIR = ".egosearch-storage-check"
@@ -47,44 +48,18 @@ def read_marker(storage: str, name: str) -> None:
             json.loads(f.read())
     except (OSError, ValueError) as e:
         raise StorageError(
-            f"node {socket.gethostname()} ({_where()}) cannot read the search's storage {storage} ({name}: {e}). "
+            f"node {socket.gethostname()} ({this_node()}) cannot read the search's storage {storage} ({name}: {e}). "
             "Every node must see it: pass --storage s3://BUCKET/ray_results, gs://..., or a folder on a "
             "mount present on every node") from None
-
-
-def _where() -> str:
-    """This node's address and Ray node id (nodes of one machine share the address)."""
-    try:
-        import ray
-
-        where = ray.util.get_node_ip_address()
-        return f"{where}, Ray node {ray.get_runtime_context().get_node_id()}" if ray.is_initialized() else where
-    except Exception:  # noqa: BLE001 - only for the message
-        return "address unknown"
 
 
 def check_every_node(storage: str, name: str, timeout_s: float = 120.0) -> int:
     """Read the marker from every alive node, each in a zero-CPU task pinned to it; the number of nodes
     checked. Raises :class:`StorageError` listing every node that cannot read it."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    read = ray.remote(num_cpus=0, max_retries=0)(_read_on_node)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    # keyed by node id: several nodes may share one address (raylets of one machine)
-    refs = {(n["NodeID"], n["NodeManagerAddress"]): read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        n["NodeID"], soft=False)).remote(storage, name) for n in nodes}
-    failures = []
-    for (node_id, address), ref in refs.items():
-        try:
-            problem = ray.get(ref, timeout=timeout_s)
-        except Exception as e:  # noqa: BLE001 - a node whose task could not run cannot be trusted either
-            problem = f"node {address} (Ray node {node_id}): the check could not run there: {type(e).__name__}: {e}"
-        if problem:
-            failures.append(problem)
-    if failures:
-        raise StorageError("; ".join(failures))
-    return len(nodes)
+    count, problems = on_every_node(_read_on_node, storage, name, timeout_s=timeout_s)
+    if problems:  # read_marker's own message names its node already
+        raise StorageError("; ".join(p.problem if p.ran else str(p) for p in problems))
+    return count
 
 
 def _read_on_node(storage: str, name: str) -> str | None:

@@ -35,6 +35,7 @@ from egomodel.training.stages import stage_plan
 from tuning.execution.gpu_check import check_trial
 from tuning.execution.stage_store import StageStore
 from tuning.execution.storage_check import read_marker
+from tuning.execution.weights_check import check_in_trial
 from tuning.space.sampling import runtime_overrides, trial_config
 from tuning.space.types import SearchSpace
 
@@ -161,6 +162,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         read_marker(setup.storage, setup.storage_marker)
     cfg = trial_config(setup.space, config, runtime_overrides(setup.space, setup.data_root, setup.seed))
     check_trial(cfg.train.device)  # a GPU from Ray that PyTorch cannot use: fail now, not train on the CPU
+    check_in_trial(cfg.model.backbone, cfg.model.pretrained)  # a node launched after the search's check
     trial_dir = Path(tune.get_context().get_trial_dir())
     work = _scratch(trial_dir)
     ckdir = work / "checkpoints"
