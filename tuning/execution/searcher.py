@@ -225,16 +225,29 @@ def make_searcher(space: SearchSpace, max_concurrent: int, seed: int, storage: A
 
 
 def make_scheduler(space: SearchSpace, total_epochs: int, rungs: tuple[int, ...]) -> TrialScheduler:
-    """ASHA on the global epoch, comparing trials exactly at ``rungs`` (``tuning.space.rungs``)."""
-    if space.scheduler.type == "fifo":
+    """The space's scheduler on the global epoch, comparing trials exactly at ``rungs`` (``tuning.space.rungs``):
+    ``asha`` is Ray's ASHA; ``asha_promotion``, ``moasha`` and ``moasha_promotion`` are
+    ``tuning.execution.moasha.RungScheduler`` (stage-aware groups, ties go on; ``_promotion``: pause and promote
+    instead of stopping). Add ``tuning.execution.schedulers.state_callbacks(scheduler)`` to the run's callbacks
+    so that its rungs survive ``--resume``."""
+    kind = space.scheduler.type
+    if kind == "fifo":
         return FIFOScheduler()
-    if space.scheduler.type == "moasha":
-        from tuning.execution.moasha import MOASHAScheduler
-
-        return MOASHAScheduler(space.objectives, rungs, space.scheduler.reduction_factor)
     if not rungs or list(rungs) != sorted(set(rungs)) or rungs[0] < 1 or rungs[-1] >= total_epochs:
-        raise ValueError(f"ASHA rungs {rungs}: expected increasing epochs in 1..{total_epochs - 1}")
-    sched = ASHAScheduler(time_attr="global_epoch", max_t=total_epochs, grace_period=rungs[0],
+        raise ValueError(f"rungs {rungs}: expected increasing epochs in 1..{total_epochs - 1}")
+    if kind != "asha":
+        from tuning.execution.moasha import RungScheduler
+        from tuning.execution.schedulers import StagePrefix
+
+        objectives = space.objectives or ((space.metric, space.mode),)
+        return RungScheduler(objectives, rungs, space.scheduler.reduction_factor,
+                             promotion=kind.endswith("_promotion"), prefix=StagePrefix(space))
+    from egomodel.config import from_dict
+    from tuning.space.rungs import longest_schedule
+
+    # a trial stops itself at its own last epoch; max_t only must not stop a longer searched schedule early
+    max_t = max(total_epochs, longest_schedule(space, from_dict({}, space.base)))
+    sched = ASHAScheduler(time_attr="global_epoch", max_t=max_t, grace_period=rungs[0],
                           reduction_factor=space.scheduler.reduction_factor)
     (bracket,) = sched._brackets
     bracket._rungs = [(r, {}) for r in reversed(rungs)]  # Ray keeps them latest first

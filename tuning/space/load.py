@@ -28,7 +28,7 @@ SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
 TYPES = ("float", "int", "categorical", "subset")
 MODES = ("max", "min")
-SCHEDULERS = ("asha", "moasha", "fifo")
+SCHEDULERS = ("asha", "asha_promotion", "moasha", "moasha_promotion", "fifo")
 TOP_KEYS = (
     "name",
     "description",
@@ -56,7 +56,8 @@ _FIELDS = {  # allowed fields of a param spec, per type
     "subset": ("type", "choices", "always", "when"),
 }
 _SCHEDULER_FIELDS = {"asha": ("type", "rungs", "grace_period", "reduction_factor"), "fifo": ("type",)}
-_SCHEDULER_FIELDS["moasha"] = _SCHEDULER_FIELDS["asha"]  # the same rungs, promoted by multi-objective rank
+for _t in ("asha_promotion", "moasha", "moasha_promotion"):  # the same rungs; multi-objective rank, or pausing
+    _SCHEDULER_FIELDS[_t] = _SCHEDULER_FIELDS["asha"]
 
 
 # --- params -----------------------------------------------------------------------------------------------
@@ -299,7 +300,7 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
         params=params,
         points=points,
     )
-    if scheduler.type in ("asha", "moasha"):  # the rungs against the base schedule: a bad one fails here
+    if scheduler.type != "fifo":  # the rungs against the base schedule: a bad one fails here
         resolve_rungs(space, ecfg.from_dict({}, base))
     return space
 

@@ -17,7 +17,7 @@ COST_METRICS = ("gflops", "params_m")  # a multi-objective search's trials, from
 REPORTED = EPOCH_METRICS + COST_METRICS
 EXPORTS = ("onnx",)
 CHAMPION_KEYS = ("max_gflops", "min_top1")
-MULTI_SCHEDULERS = ("moasha", "fifo")
+MULTI_SCHEDULERS = ("moasha", "moasha_promotion", "fifo")
 
 
 def parse_objectives(v: Any, data: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -52,10 +52,11 @@ def check_scheduler(objectives: tuple[tuple[str, str], ...], scheduler_type: str
     if objectives and scheduler_type not in MULTI_SCHEDULERS:
         names = ", ".join(n for n, _ in objectives)
         raise SpaceError(f"scheduler.type: {scheduler_type} compares trials on one number and cannot stop trials "
-                         f"on the {len(objectives)} objectives ({names}); use type: moasha (or fifo)")
-    if not objectives and scheduler_type == "moasha":
-        raise SpaceError("scheduler.type: moasha needs two or more objectives (an objectives list); "
-                         "with one metric use type: asha")
+                         f"on the {len(objectives)} objectives ({names}); use type: moasha, moasha_promotion "
+                         "(or fifo)")
+    if not objectives and scheduler_type.startswith("moasha"):
+        raise SpaceError(f"scheduler.type: {scheduler_type} needs two or more objectives (an objectives list); "
+                         f"with one metric use type: {scheduler_type[2:]}")
 
 
 def parse_export(v: Any) -> str:

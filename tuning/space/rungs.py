@@ -126,3 +126,29 @@ def resolve_rungs(space: SearchSpace, cfg: Config) -> tuple[int, ...]:
             raise SpaceError(f"{where}: global epoch {g} does not come after the previous rung {rungs[-1]}")
         rungs.append(g)
     return tuple(rungs)
+
+
+def longest_schedule(space: SearchSpace, cfg: Config) -> int:
+    """The most global epochs a trial of ``space`` can run on top of ``cfg``: over the values of the params
+    that change the schedule (``model.variant``, ``train.epochs_scale``, a stage's ``epochs``), at their
+    choices or range ends. ASHA stops a trial at this ``max_t``; the base config's own length would stop a
+    searched longer variant early."""
+    from itertools import product
+
+    from egomodel.config import from_dict
+    from egomodel.training.stages import VARIANT_STAGES, stage_plan
+
+    stages = {n for names in VARIANT_STAGES.values() for n in names}
+    lengths = [p for p in space.params
+               if p.key in ("model.variant", "train.epochs_scale")
+               or (p.key.endswith(".epochs") and p.key.split(".")[1] in stages)]
+    values = [p.choices if p.type == "categorical" else (p.low, p.high) for p in lengths]
+    longest = sum(s.epochs for s in stage_plan(cfg.model.variant, cfg.train))
+    for combo in product(*values):
+        over = {p.key: (int(v) if p.type == "int" else v) for p, v in zip(lengths, combo)}
+        try:
+            c = from_dict(cfg.to_dict(), over)
+            longest = max(longest, sum(s.epochs for s in stage_plan(c.model.variant, c.train)))
+        except (ValueError, TypeError):  # a combination the config refuses (a condition the space sets)
+            continue
+    return longest

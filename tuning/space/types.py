@@ -32,7 +32,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Scheduler:
-    type: str = "asha"  # asha | moasha (several objectives) | fifo
+    type: str = "asha"  # asha | asha_promotion | moasha | moasha_promotion (several objectives) | fifo
     grace_period: int | None = None  # Ray's geometric rungs from this epoch; None: see rungs
     reduction_factor: float = 2.0
     # (stage, epoch) pairs, stage 0 for a global epoch; None with grace_period None: auto
