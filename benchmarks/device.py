@@ -8,7 +8,10 @@ Plain PyTorch (needs egomodel only, not Ray/Optuna/MLflow), so it runs on a bare
 - ConvLSTM gates fused vs separate, alone and in the full step;
 - optional ``torch.compile`` of the model (compilation time and step time);
 - the data path: loader clips/s at 7 x 224 against the model's clips/s, and the data-wait fraction the
-  trainer reports in a short three-stage run at that scale.
+  trainer reports in a short three-stage run at that scale;
+- the whole trial (``trial``, ``benchmarks.trial``): an ablation trial's stages for a few epochs each on a
+  GTEA61-sized synthetic set (small shapes on a CPU), timed stage by stage, and ``trials_per_gpu_hour``
+  extrapolated to the full schedule.
 
 Each section is written to the JSON as soon as it is measured, so a cut-off run keeps what it measured.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -34,6 +38,8 @@ from benchmarks.step import StepSetup, StepTiming, sync, time_step
 from egomodel.config import BACKBONES
 from egomodel.model.convlstm import ConvLSTM
 from egomodel.training.steps import autocast, pick_device
+
+SECTIONS = ["step", "memory", "gates", "compile", "data", "device_clips", "trial"]
 
 
 def describe(device: torch.device) -> str:
@@ -137,9 +143,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=8, help="loader processes for the data-path figures")
     p.add_argument("--epochs-scale", type=float, default=0.005,
                    help="train.epochs_scale of the short runs (0.005: 2/1/1 epochs of 3 batches)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["step", "memory", "gates", "compile", "data",
-                                                                       "device_clips"])
+    p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS)
+    p.add_argument("--only", nargs="*", default=None, choices=SECTIONS, help="run these sections alone")
+    p.add_argument("--trial-shape", default=None, choices=["real", "small", "tiny"],
+                   help="the trial section's data and image sizes (benchmarks.trial.SHAPES; default: real on "
+                        "CUDA, small on a CPU, tiny with --tiny)")
+    p.add_argument("--trial-epochs", type=int, default=None,
+                   help="epochs of each stage in the trial section (default 2; 1 with --tiny)")
+    p.add_argument("--trial-clip-frames", type=int, default=None,
+                   help="frames generated per clip for the trial section (default: the frames sampled + 3; "
+                        "at least the frames sampled)")
     args = p.parse_args(argv)
+    from benchmarks.trial import SHAPES
+
+    trial_shape = SHAPES[args.trial_shape or ("tiny" if args.tiny else None) or
+                         ("real" if pick_device(args.device).type == "cuda" else "small")]
+    trial_epochs = args.trial_epochs if args.trial_epochs is not None else 1 if args.tiny else 2
+    clip_frames = args.trial_clip_frames if args.trial_clip_frames is not None else trial_shape.frames + 3
+    if trial_epochs < 1:
+        p.error(f"--trial-epochs must be >= 1, got {trial_epochs}")
+    if clip_frames < trial_shape.frames:
+        p.error(f"--trial-clip-frames {clip_frames} is fewer than the {trial_shape.frames} frames the trial samples")
+    if args.only is not None:
+        args.skip = [s for s in SECTIONS if s not in args.only]
     device = pick_device(args.device)
     size, frames = (64, 3) if args.tiny else (224, 7)
     batch = args.batch or (2 if args.tiny else 32 if device.type == "cuda" else 4)
@@ -233,9 +259,15 @@ def main(argv: list[str] | None = None) -> int:
             device_clips.PREFETCH_CUDA = default
         return {**res, **{k.replace("device_clips_training", "device_clips_inline"): v for k, v in inline.items()}}
 
+    def trial() -> dict[str, Any]:
+        from benchmarks.trial import measure
+
+        return measure(device, trial_shape, trial_epochs, clip_frames, args.backbone,
+                       workers=0 if args.tiny else None, processes=os.cpu_count() or 1)
+
     try:
         for name, fn in (("step", step), ("memory", memory), ("gates", gates), ("data", data),
-                         ("device_clips", on_device), ("compile", compiled)):
+                         ("device_clips", on_device), ("compile", compiled), ("trial", trial)):
             section(name, fn)
     finally:  # the synthetic clips, packed caches and short runs: close to 1 GB even in tiny mode
         if synthetic:

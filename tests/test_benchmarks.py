@@ -81,3 +81,69 @@ def test_device_benchmark_runs_in_tiny_mode(tmp_path):
     assert figures["compile_backend"] == "aot_eager"
     assert figures["backbone"] == "resnet18"  # the half-size one here: the same code, compiled in half the time
     assert 0 <= figures["device_clips_training_data_wait_fraction"] < 1
+
+
+def test_trial_extrapolation_by_hand():
+    """The full schedule from measured epochs: a stage's fixed cost, its first epoch, then every later epoch
+    at the median of the later measured ones; stage 1 divided among the trials sharing it."""
+    from benchmarks.trial import extrapolate
+
+    stages = {1: {"fixed_s": 0.0, "epoch_s": [10.0, 4.0, 6.0], "val_s": [2.0, 1.0, 1.0]},
+              2: {"fixed_s": 3.0, "epoch_s": [8.0], "val_s": [2.0]},
+              3: {"fixed_s": 1.0, "epoch_s": [20.0, 12.0], "val_s": [1.0, 1.0]}}
+    out = extrapolate(stages, {1: 300, 2: 150, 3: 200}, {1: 64}, setup_s=5.0, finish_s=2.0)
+    # 0 + 10 + 299 x 5; 3 + 8 + 149 x 8; 1 + 20 + 199 x 12
+    assert out["stage_full_s"] == {"1": 1505.0, "2": 1203.0, "3": 2409.0}
+    trial = 5 + 2 + 1505 / 64 + 1203 + 2409
+    assert out["full_trial_s"] == pytest.approx(trial)
+    assert out["trials_per_gpu_hour"] == pytest.approx(3600 / trial)
+    # validation: 2 + 299 x 1 shared by 64, 2 + 149 x 2, 1 + 199 x 1
+    assert out["val_share_full"] == pytest.approx((301 / 64 + 300 + 200) / trial)
+    assert out["steady_epoch_s"] == {"1": 5.0, "2": 8.0, "3": 12.0}
+    assert out["steady_from_first_epoch"] is True  # stage 2 measured one epoch
+    assert out["schedule"] == {"1": 300, "2": 150, "3": 200} and out["stage1_shared_by"] == 64
+    with pytest.raises(ValueError, match=r"measured stages \[1, 2, 3\] differ"):
+        extrapolate(stages, {1: 300, 2: 150}, {}, 0.0, 0.0)
+    with pytest.raises(ValueError, match="stage 2"):
+        extrapolate({**stages, 2: {"fixed_s": 0.0, "epoch_s": [1.0], "val_s": []}}, {1: 1, 2: 1, 3: 1}, {}, 0, 0)
+
+
+def test_device_trial_section_runs_on_cpu(tmp_path):
+    """``benchmarks.device --only trial`` on this CPU at the tiny shape, one epoch per stage: every stage's
+    figures, stage times that add up to the trial's, and trials per GPU-hour from the ablation schedule."""
+    import time
+
+    from benchmarks import device
+
+    with pytest.raises(SystemExit):  # bad input: refused before any work
+        device.main(["--only", "trial", "--trial-epochs", "0", "--json", str(tmp_path / "no.json")])
+    assert not (tmp_path / "no.json").exists()
+    out = tmp_path / "trial.json"
+    t0 = time.perf_counter()
+    assert device.main(["--tiny", "--backbone", "resnet18", "--device", "cpu", "--only", "trial",
+                        "--json", str(out)]) == 0
+    wall = time.perf_counter() - t0
+    figures = json.loads(out.read_text())
+    assert not [k for k in figures if k.endswith("_error")], figures
+    assert "step_s" not in figures and "ours_step_s" not in figures  # --only: the other sections did not run
+    trial = figures["trial"]
+    assert "CPU" in trial["device"] and trial["shape"] == "tiny" and trial["epochs_per_stage"] == 1
+    assert set(trial["stages"]) == {"1", "2", "3"}
+    for n, batch in (("1", 32), ("2", 32), ("3", 4)):  # the ablation space's batch sizes
+        s = trial["stages"][n]
+        assert s["epochs"] == 1 and s["batch_size"] == batch and s["steps_per_epoch"] >= 1, n
+        assert s["seconds"] == pytest.approx(s["fixed_s"] + sum(s["epoch_s"])) and s["fixed_s"] >= 0, n
+        assert 0 < s["train_s"][0] < s["epoch_s"][0] and 0 < s["val_s"][0] < s["epoch_s"][0], n
+        assert s["step_s"] == pytest.approx(s["train_s"][0] / s["steps_per_epoch"]), n
+        assert 0 <= s["data_wait_fraction"] < 1 and 0 < s["val_share"] < 1, n
+        assert s["gpu_util"] is None and s["peak_mem_kind"] == "process_peak_rss" and s["peak_mem_gb"] > 0, n
+        assert s["loader"] == "DataLoader", n
+    parts = trial["setup_s"] + sum(s["seconds"] for s in trial["stages"].values()) + trial["finish_s"]
+    assert parts == pytest.approx(trial["trial_s"])
+    assert trial["setup_s"] > 0 and trial["finish_s"] >= trial["finish_val_s"] > 0
+    assert trial["trial_s"] < wall
+    full = trial["full"]
+    assert full["schedule"] == {"1": 300, "2": 150, "3": 200} and full["stage1_shared_by"] == 64
+    assert full["steady_from_first_epoch"] is True
+    assert figures["trials_per_gpu_hour"] == pytest.approx(3600 / full["full_trial_s"])
+    assert trial["gpu_util_source"].startswith("none")
