@@ -1,6 +1,7 @@
 """What the cluster files promise beyond Ray's schema (tests/test_cluster.py has the launcher-schema and
-layout checks): the CUDA check in the node setup, MLflow behind its basic-auth app with credentials that
-never appear in a file, and the KubeRay RayJob running the same search as the launcher clusters."""
+layout checks): the CUDA check and the backbone weights in the node setup, MLflow behind its basic-auth
+app with credentials that never appear in a file, and the KubeRay RayJob running the same search as the
+launcher clusters."""
 
 from __future__ import annotations
 
@@ -70,6 +71,50 @@ def test_every_node_checks_that_torch_sees_its_gpu(path: Path) -> None:
     check = [i for i, c in enumerate(setup) if "-m tuning.execution.gpu_check" in c]
     install = [i for i, c in enumerate(setup) if "pip install -e" in c]
     assert len(check) == 1 and install and check[0] > install[0], "the check runs once, after the install"
+
+
+# --------------------------------------------------------------------------------------------------
+# the backbone weights
+
+
+def fetch_argv(command: str, env: dict[str, str]) -> list[str]:
+    """The arguments ``python -m egomodel.weights`` gets from a setup command, expanded by bash with ``env``
+    (the command's python call replaced by a printf of its arguments)."""
+    words = command.split("-m egomodel.weights", 1)[1]
+    out = subprocess.run(["bash", "-c", f"printf '%s\\n' {words}"], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    return out.splitlines()
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
+def test_every_node_fetches_the_backbone_weights(path: Path) -> None:
+    """Each node's setup fetches both backbones' ImageNet weights after the install, from torchvision or
+    from EGOSEARCH_WEIGHTS_FROM (cluster.env) when it is set; no node type overrides the setup without it."""
+    from egomodel.weights import parser
+
+    cfg = load(path)
+    setup = cfg["setup_commands"]
+    fetch = [i for i, c in enumerate(setup) if "-m egomodel.weights fetch" in c]
+    install = [i for i, c in enumerate(setup) if "pip install -e" in c]
+    assert len(fetch) == 1 and install and fetch[0] > install[0], "the fetch runs once, after the install"
+    for name, node_type in cfg.get("available_node_types", {}).items():  # a node type's own setup replaces it
+        own = node_type.get("worker_setup_commands", node_type.get("setup_commands"))
+        assert own is None or any("egomodel.weights fetch" in c for c in own), name
+    command = setup[fetch[0]]
+    args = parser().parse_args(fetch_argv(command, {"PATH": "/usr/bin:/bin"}))
+    assert (args.command, args.backbone, args.source) == ("fetch", "all", None)
+    mirror = "s3://a bucket/weights/"
+    args = parser().parse_args(fetch_argv(command, {"PATH": "/usr/bin:/bin", "EGOSEARCH_WEIGHTS_FROM": mirror}))
+    assert args.source == mirror
+
+
+def test_rayjob_pods_fetch_the_weights_in_the_jobs_environment() -> None:
+    """On KubeRay the code exists only in the job's runtime environment: its worker setup hook fetches."""
+    import importlib
+
+    env = yaml.safe_load(load(RAYJOB_FILE)["spec"]["runtimeEnvYAML"])
+    module, _, name = env["worker_process_setup_hook"].rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name))
 
 
 def test_aws_image_is_a_pinned_dlami_line_with_a_recent_driver() -> None:
