@@ -208,3 +208,34 @@ def test_register_makes_one_version_per_trial_run(tmp_path, monkeypatch):
     assert uri == "models:/egosearch-e@champion"
     assert str(client.get_model_version_by_alias("egosearch-e", "champion").version) == str(made) == "2"
     assert len(client.search_model_versions("name = 'egosearch-e'")) == 2
+
+
+# ------------------------------------------------- the ranking agrees with the registered weights
+def _finished(trial_id: str, rows: list[tuple[float, float]], best_epoch: int):
+    """A finished one-stage trial: (val_top1, val_loss) per epoch; the engine kept ``best_epoch``."""
+    from types import SimpleNamespace
+
+    from tuning.execution.trainable import kept_score
+
+    history = [{"stage": 1, "epoch": e, "global_epoch": e, "val_top1": t, "val_loss": loss}
+               for e, (t, loss) in enumerate(rows, 1)]
+    final = {"val_top1": rows[best_epoch - 1][0], "stages": {"1": {"best_epoch": best_epoch}}, "history": history}
+    last = {**history[-1]}
+    metrics = {**last, "epoch_val_top1": last["val_top1"], "val_top1": final["val_top1"], "final": True,
+               "trial_id": trial_id, **kept_score("val_loss", final, last)}
+    return SimpleNamespace(error=None, metrics=metrics)
+
+
+def test_a_val_loss_search_ranks_trials_by_the_weights_it_registers(space):
+    """Trial a's last epoch has the lowest val_loss, but its kept (best val_top1) weights have a high one:
+    trial b, whose kept weights have the lower val_loss, is the best trial."""
+    import dataclasses
+
+    from tuning.search import pick_best
+
+    a = _finished("a", [(0.2, 1.0), (0.6, 0.9), (0.5, 0.5)], best_epoch=2)
+    b = _finished("b", [(0.3, 0.8), (0.5, 0.6), (0.4, 0.7)], best_epoch=2)
+    assert (a.metrics["val_loss"], a.metrics["epoch_val_loss"]) == (0.9, 0.5)
+    by_loss = dataclasses.replace(space, metric="val_loss", mode="min")
+    assert pick_best([a, b], by_loss).metrics["trial_id"] == "b"
+    assert pick_best([a, b], space).metrics["trial_id"] == "a"  # val_top1: the kept checkpoint's, as before

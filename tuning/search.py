@@ -212,7 +212,9 @@ def study_storage(args: argparse.Namespace, name: str) -> str:
 
 
 def pick_best(results: Any, space: SearchSpace) -> Any | None:
-    """Best finished trial by the space's metric; early-stopped and failed trials are not candidates."""
+    """Best finished trial by the space's metric, which a finished trial reports for the weights it hands over
+    (the kept checkpoint's: ``tuning.execution.trainable.kept_score``), so the trial ranked first is the
+    model registered; early-stopped and failed trials are not candidates."""
     done = [r for r in results if r.error is None and r.metrics and r.metrics.get("final")]
     if not done:
         return None

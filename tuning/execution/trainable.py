@@ -156,6 +156,29 @@ def trial_cost(space: SearchSpace, cfg: Any) -> dict[str, float]:
     return clip_cost(cfg).as_dict()
 
 
+def kept_score(metric: str, final: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """A finished trial's score under a metric other than ``val_top1``: the metric at the epoch whose weights
+    the trial hands over, with its last epoch's own value as ``epoch_<metric>``.
+
+    The engine keeps, per stage, the checkpoint of the best validation top-1 (``stage<n>_best.pt``: what
+    the next stage starts from, what the stage store shares, what is registered), so ranking trials by
+    ``val_loss`` at their last epoch, or at its own best epoch, would rank weights that no one keeps. The
+    value at the kept epoch is the registered model's (a per-metric checkpoint would change what every
+    stage starts from). ``val_top1`` is the kept checkpoint's re-evaluation, as before; {} when the metric
+    is not an epoch metric (a cost such as ``gflops``) or the kept epoch is not in the history."""
+    if metric == "val_top1" or metric not in last:
+        return {}
+    stages = final.get("stages") or {}
+    if not stages:
+        return {}
+    stage = max(stages, key=int)
+    epoch = stages[stage]["best_epoch"]
+    kept = [h for h in final.get("history") or () if str(h.get("stage")) == stage and h.get("epoch") == epoch]
+    if not kept or metric not in kept[0]:
+        return {}
+    return {metric: kept[0][metric], f"epoch_{metric}": last[metric]}
+
+
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     started = time.perf_counter()  # the trial's own wall time, reported as trial_wall_s
     if setup.storage_marker:
@@ -227,6 +250,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             {**last, **cost, "epoch_val_top1": last.get("val_top1"), "val_top1": final["val_top1"], "final": True,
              "mean_data_wait_fraction": final["data_wait_fraction"],
              "trial_wall_s": time.perf_counter() - started,  # training, pictures, checkpoint hand-over
+             **kept_score(setup.space.metric, final, last),  # any other metric: the kept weights' value too
              **({"test_top1": final["test_top1"]} if final.get("test_top1") is not None else {})},
             checkpoint=tune.Checkpoint.from_directory(str(folder)),
         )

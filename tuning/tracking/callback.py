@@ -451,7 +451,9 @@ class MlflowCallback(Callback):
         self._ensure_run(trial)
         step = int(result["global_epoch"])
         final = bool(result.get("final"))
-        epoch = {**result, "val_top1": result.get("epoch_val_top1")} if final else dict(result)
+        # the final result's scores are the kept checkpoint's; its epoch's own values are epoch_<name>
+        epoch = {**result, **{k[len("epoch_"):]: v for k, v in result.items() if k.startswith("epoch_")}} \
+            if final else dict(result)
         if final:  # the trial's summary goes with its last epoch, so that both are logged once
             epoch.update(best_val_top1=result.get("val_top1"), test_top1=result.get("test_top1"),
                          trial_wall_s=result.get("trial_wall_s"))
