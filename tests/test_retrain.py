@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import env, tiny_config, write_space
-from tuning.retrain import RetrainError, main, schedule
+from tuning.retrain import RetrainError, main, parser, schedule
 from tuning.retrain_seed import SEED_TAG, log_params, logged_params
 
 
@@ -151,3 +151,17 @@ def test_seeds_run_as_ray_tasks_and_a_cluster_without_their_gpu_is_refused(tiny_
         cfg = yaml.safe_load(Path(client.download_artifacts(s.info.run_id, "config.yaml", str(tmp_path))).read_text())
         assert cfg["train"]["seed"] == int(s.data.tags[SEED_TAG])
     assert set(parents[0].data.metrics) >= {"test_top1_mean", "test_top1_std", "test_top1_seed0", "test_top1_seed1"}
+
+
+def test_the_documented_cluster_command_parses():
+    """docs/cluster.md's retrain on the cluster, as a user types it, is a command this parser takes."""
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text()
+    found = re.findall(r"ray exec cluster\.yaml --tmux 'cd ~/egosearch && (python -m tuning\.retrain .*?)'", text,
+                       re.DOTALL)
+    assert len(found) == 1
+    words = shlex.split(found[0].replace("\\\n", " "))
+    args = parser().parse_args(words[3:])
+    assert args.champion and args.seeds == 3 and args.address == "auto" and args.data == "/data/GTEA61"

@@ -15,7 +15,9 @@ Where the seeds run: without ``--address`` one after another in this process. Wi
 (auto, HOST:PORT, ray://..., local) as parallel Ray tasks, each asking for the trial's resources: the
 ``resources`` of the space its search ran (the space file the search logged to its parent run), or
 ``--gpu``/``--cpu``. A cluster that can never give a task its GPU is refused before any training; a
-CPU-only retrain is asked for with ``--gpu 0``. Each seed logs its own run from the node it runs on.
+CPU-only retrain is asked for with ``--gpu 0``. Each seed logs its own run from the node it runs on; a
+tracking server's login (``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``/``_TOKEN`` of this process) reaches
+the tasks through their Ray runtime environment.
 
 Resume: the same command again finds its parent run and does not redo a finished seed (child run
 FINISHED with its ``test_top1``); a failed seed continues from its checkpoints (see
@@ -25,6 +27,7 @@ FINISHED with its ``test_top1``); a failed seed continues from its checkpoints (
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -39,6 +42,7 @@ from tuning.retrain_seed import SEED_TAG, SeedJob, log_params, logged_params, ru
 from tuning.tracking.champion import ALIAS
 from tuning.tracking.mlflow_runs import TRACKING_HELP, TrackingError, check_reachable, tracking_uri
 
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 OF_TAG, SCHEDULE_TAG = "retrain_of", "retrain_schedule"  # a retrain's parent run is found by these two
 
 
@@ -188,7 +192,7 @@ def finished(run: Any) -> bool:
     return run.info.status == "FINISHED" and "test_top1" in run.data.metrics
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuning.retrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     who = p.add_mutually_exclusive_group(required=True)
@@ -206,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
                         "default: one after another in this process")
     p.add_argument("--gpu", type=float, default=None, help="GPUs per seed with --address (default: the space's)")
     p.add_argument("--cpu", type=float, default=None, help="CPUs per seed with --address (default: the space's)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         return run(args)
     except (RetrainError, TrackingError, ConfigError, DataError) as e:
@@ -272,8 +280,11 @@ def run_on_ray(jobs: dict[int, SeedJob], resources: dict[str, float]) -> dict[in
     """The seeds as parallel Ray tasks (retried by Ray when their node is lost); the failed ones and why."""
     import ray
 
+    # a tracking server's login (the head's MLFLOW_TRACKING_* variables): the workers log the seeds' runs
+    login = {k: os.environ[k] for k in CREDENTIAL_ENV if os.environ.get(k)}
     task = ray.remote(run_seed).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_retries=2,
-                                        retry_exceptions=False)
+                                        retry_exceptions=False,
+                                        **({"runtime_env": {"env_vars": login}} if login else {}))
     refs = {task.remote(job): seed for seed, job in jobs.items()}
     print(f"{len(refs)} seed(s) as Ray tasks, each asking {resources}", flush=True)
     failed = {}
