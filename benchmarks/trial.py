@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import multiprocessing
 import shutil
 import statistics
 import subprocess
@@ -123,25 +124,20 @@ def extrapolate(stages: dict[int, dict[str, Any]], schedule: dict[int, int], sha
 
 # --- the synthetic set ----------------------------------------------------------------------------------
 
-def _generate_part(out: Path, shape: TrialShape, clips: int, clip_frames: int, seed: int) -> Path:
-    from egomodel.data.synthetic import generate
-
-    return generate(out, classes=shape.classes, clips_per_class=clips, frames=clip_frames,
-                    size=(shape.width, shape.height), seed=seed, users=shape.users)
-
-
 def generate_set(out: Path, shape: TrialShape, clip_frames: int, processes: int) -> Path:
     """The shape's synthetic set, written by up to ``processes`` processes: part j writes some clips of
-    every class with seed j, and its clip folders are renumbered into part 0's."""
+    every class with seed j, and its clip folders are renumbered after part 0's."""
+    from egomodel.data.synthetic import generate
+
     parts = max(1, min(processes, shape.clips_per_class))
     counts = [shape.clips_per_class // parts + (j < shape.clips_per_class % parts) for j in range(parts)]
-    outs = [out / f"part{j}" for j in range(parts)]
+    args = [dict(out=out / f"part{j}", classes=shape.classes, clips_per_class=counts[j], frames=clip_frames,
+                 size=(shape.width, shape.height), seed=j, users=shape.users) for j in range(parts)]
     if parts == 1:
-        roots = [_generate_part(outs[0], shape, counts[0], clip_frames, 0)]
-    else:
-        with ProcessPoolExecutor(parts) as pool:
-            roots = list(pool.map(_generate_part, outs, [shape] * parts, counts, [clip_frames] * parts,
-                                  range(parts)))
+        roots = [generate(**args[0])]
+    else:  # spawned: the children need numpy and Pillow, not this process's torch threads or CUDA
+        with ProcessPoolExecutor(parts, mp_context=multiprocessing.get_context("spawn")) as pool:
+            roots = [f.result() for f in [pool.submit(generate, **a) for a in args]]
     offset = counts[0]
     for root, count in zip(roots[1:], counts[1:], strict=True):
         for top in (FRAMES_DIR, FLOW_X_DIR, FLOW_Y_DIR):

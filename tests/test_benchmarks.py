@@ -108,6 +108,26 @@ def test_trial_extrapolation_by_hand():
         extrapolate({**stages, 2: {"fixed_s": 0.0, "epoch_s": [1.0], "val_s": []}}, {1: 1, 2: 1, 3: 1}, {}, 0, 0)
 
 
+def test_trial_set_written_by_two_processes(tmp_path):
+    """The trial's synthetic set from two spawned processes: every clip once, numbered 1..n per class, the
+    second process's clips drawn with a seed of their own (not copies of the first's)."""
+    from benchmarks.trial import TrialShape, generate_set
+    from egomodel.data.layout import scan
+
+    shape = TrialShape(classes=3, clips_per_class=3, width=40, height=32, image_size=32, frames=3)
+    root = generate_set(tmp_path / "data", shape, clip_frames=3, processes=2)
+    clips = scan(root, need_mmaps=True, need_flow=True, min_frames=3)
+    assert len(clips) == shape.clips() == 3 * 3 * 4 - 3  # S1 lacks one class
+    numbers: dict[tuple[str, str], list[str]] = {}
+    for c in clips:
+        numbers.setdefault((c.user, c.label_name), []).append(c.instance)
+    assert all(sorted(v) == ["1", "2", "3"] for v in numbers.values()), numbers
+    # clips 1 and 2 from the first process (seed 0), clip 3 from the second (seed 1)
+    frame = {c.instance: c.rgb[0].read_bytes() for c in clips if (c.user, c.label_name) == ("S2", clips[-1].label_name)}
+    assert frame["3"] != frame["1"] and frame["3"] != frame["2"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["part0"]  # the parts merged into one set
+
+
 def test_device_trial_section_runs_on_cpu(tmp_path):
     """``benchmarks.device --only trial`` on this CPU at the tiny shape, one epoch per stage: every stage's
     figures, stage times that add up to the trial's, and trials per GPU-hour from the ablation schedule."""
