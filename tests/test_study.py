@@ -7,13 +7,17 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 
 from tuning.execution.searcher import make_searcher, study_of
 from tuning.execution.study import (
     METRIC_ATTR,
     StudyError,
     check_new_study,
+    connect_uri,
     open_storage,
+    redact,
     storage_uri,
     study_record,
     warm_trials,
@@ -89,3 +93,68 @@ def test_storage_uri_and_unreachable_storage(tmp_path, monkeypatch):
     assert storage_uri("sqlite:///sub/o.db") == f"sqlite:///{tmp_path / 'sub' / 'o.db'}"
     with pytest.raises(StudyError, match=r"--optuna-storage sqlite:////nonexistent/x\.db cannot be opened"):
         open_storage("sqlite:////nonexistent/x.db")
+
+
+def test_the_study_defaults_to_the_tracking_stores_place(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert storage_uri(None, f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}") == f"sqlite:///{tmp_path / 'a' / 'optuna.db'}"
+    assert storage_uri(None, "sqlite:///rel/track.db") == f"sqlite:///{tmp_path / 'rel' / 'optuna.db'}"
+    assert storage_uri(None, "sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'optuna.db'}"
+    # a tracking server: beside the database the cluster files give it (~/mlflow), made private when missing
+    server = tmp_path / "home" / "mlflow"
+    assert storage_uri(None, "http://10.0.0.5:5000") == f"sqlite:///{server / 'optuna.db'}"
+    assert server.is_dir() and server.stat().st_mode & 0o777 == 0o700
+    assert storage_uri(None, "postgresql://u@db/mlflow") == f"sqlite:///{tmp_path / 'optuna.db'}"  # not MLflow's DB
+    assert storage_uri("postgresql://u@db/optuna", "http://10.0.0.5:5000") == "postgresql://u@db/optuna"
+
+
+# SQLite with a user and password in its URL (SQLAlchemy's own SQLite refuses them): the path a database
+# server's URI takes through the search, on a file
+class _SQLiteWithLogin(SQLiteDialect_pysqlite):
+    def create_connect_args(self, url):
+        return super().create_connect_args(url._replace(username=None, password=None))
+
+
+registry.register("sqlite.withlogin", __name__, "_SQLiteWithLogin")
+SECRET = "s3cr3t-pw"
+
+
+def _run_trial(config):  # a module-level trainable, as Ray pickles it by reference
+    return {"val_top1": 0.0}
+
+
+def test_a_password_in_the_storage_uri_is_never_pickled_nor_shown(tmp_path):
+    from ray import tune
+
+    from tuning.execution.searcher import PruneAwareOptunaSearch
+
+    uri = f"sqlite+withlogin://user:{SECRET}@/{tmp_path / 'optuna.db'}"
+    shown = f"sqlite+withlogin://user:***@/{tmp_path / 'optuna.db'}"
+    assert redact(uri) == shown
+    # not given to this process: no password (libpq would read ~/.pgpass or PGPASSWORD); given: the tag leads to it
+    assert connect_uri(shown) == f"sqlite+withlogin://user@/{tmp_path / 'optuna.db'}"
+    storage = open_storage(uri)
+    assert connect_uri(shown) == uri
+    searcher = make_searcher(load_space("smoke"), 2, 0, storage, "s")
+    searcher.suggest("trial_1")
+    (tmp_path / "saved").mkdir()
+    searcher.save_to_dir(str(tmp_path / "saved"))
+    tune.Tuner(_run_trial, tune_config=tune.TuneConfig(search_alg=searcher, metric="val_top1", mode="max"),
+               run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path / "ray_results")))
+    pickles = [*(tmp_path / "saved").glob("searcher-state-*.pkl"), tmp_path / "ray_results" / "exp" / "tuner.pkl"]
+    assert len(pickles) == 2
+    for f in pickles:
+        data = f.read_bytes()
+        assert SECRET.encode() not in data and b"user@" in data, f.name  # the URI is there, its password not
+
+    restored = PruneAwareOptunaSearch()  # --resume: reconnects with the password this driver was given
+    restored.restore_from_dir(str(tmp_path / "saved"))
+    assert len(restored._ot_study.trials) == 1 and restored._storage.url == uri
+
+    with pytest.raises(StudyError) as refused:
+        check_new_study(storage, uri, "s", resume=False)
+    assert shown in str(refused.value) and SECRET not in str(refused.value)
+    with pytest.raises(StudyError) as unreachable:
+        open_storage(f"sqlite+withlogin://user:{SECRET}@//nonexistent/x.db")
+    assert "user:***@" in str(unreachable.value) and SECRET not in str(unreachable.value)

@@ -25,12 +25,12 @@ from egomodel.training.stages import stage_plan
 from tuning.execution import feasibility, storage_check, weights_check
 from tuning.execution.leases import start_lease_actor
 from tuning.execution.study import (
-    STORAGE_TAG,
-    STUDY_TAG,
     WARM_TAG,
     StudyError,
     check_new_study,
     open_storage,
+    record_study,
+    redact,
     storage_uri,
     study_record,
     warm_trials,
@@ -78,8 +78,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
     p.add_argument("--seed", type=int, default=None, help="training seed and TPE seed (default: the space's seed)")
     p.add_argument("--optuna-storage", default=None, metavar="URI",
-                   help="Optuna storage of the study (named as the experiment); default sqlite:///optuna.db in the "
-                        "working folder; a database server: postgresql://USER@HOST/DB")
+                   help="Optuna storage of the study (named as the experiment); default: optuna.db beside a SQLite "
+                        "tracking store, ~/mlflow/optuna.db with a tracking server; a database server: "
+                        "postgresql://USER@HOST/DB (password from ~/.pgpass or PGPASSWORD)")
     p.add_argument("--warm-start", default=None, metavar="STUDY_OR_EXPERIMENT",
                    help="add the finished trials of an earlier search's study that fit this space before the first "
                         "trial (a study of that name in --optuna-storage, else that MLflow experiment's study)")
@@ -202,13 +203,13 @@ def check_same_data(path: str, started: dict[str, str | None] | None, data_root:
     )
 
 
-def study_storage(args: argparse.Namespace, name: str) -> str:
+def study_storage(args: argparse.Namespace, name: str, tracking_uri: str) -> str:
     """The Optuna storage URI of this search; ``--warm-start`` starts a new search only."""
     if args.warm_start and args.resume:
         raise SearchError("--warm-start starts a new search; a resumed search keeps the trials it has")
     if args.warm_start == name:
         raise SearchError(f"--warm-start {name}: that is this search's own name; name an earlier search")
-    return storage_uri(args.optuna_storage)
+    return storage_uri(args.optuna_storage, tracking_uri)
 
 
 def pick_best(results: Any, space: SearchSpace) -> Any | None:
@@ -283,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and exists:
         raise SearchError(f"a search already exists at {path}: add --resume to continue it, "
                           "or pass another --experiment name")
-    study_uri = study_storage(args, name)
+    study_uri = study_storage(args, name, tracking_uri)
+    print(f"Optuna study {name!r} in {redact(study_uri)}")
     optuna_storage = open_storage(study_uri)
     check_new_study(optuna_storage, study_uri, name, args.resume)
     record = study_record(space, [s.epochs for s in stage_plan(cfg.model.variant, cfg.train)],
@@ -320,8 +322,7 @@ def run(args: argparse.Namespace) -> int:
     parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume, data_root, artifacts,
                            {POLICY_PARAM: policy})
     if not args.resume:
-        client.set_tag(parent_id, STORAGE_TAG, study_uri)
-        client.set_tag(parent_id, STUDY_TAG, name)
+        record_study(client, parent_id, study_uri, name)
     if args.warm_start:
         client.set_tag(parent_id, WARM_TAG, f"{warm_label}: {len(warm)} trials added, {skipped} skipped")
     store_uri = None if args.no_stage_store else storage.rstrip("/") + "/stage_store"

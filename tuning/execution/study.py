@@ -1,8 +1,13 @@
 """The search's Optuna study in an Optuna storage (a database), where users open it and later searches
 start from it.
 
-The driver alone writes it (through Ray's ``OptunaSearch`` inside the driver), so a SQLite file is safe;
-on a cluster it lives on the head node, or in a database server the user names. The study's name is
+The driver alone writes it (through Ray's ``OptunaSearch`` inside the driver), so a SQLite file is safe.
+By default it lives with the MLflow tracking store (:func:`default_storage`): beside a SQLite
+``mlflow.db``, or, with a tracking server, in ``~/mlflow/optuna.db`` on the machine that runs the driver
+(the head of the cluster files, beside the server's own database); ``--optuna-storage`` names a
+database server instead. A password in that URI is shown and recorded as ``***`` and never pickled:
+Ray's saved searcher holds the URI without it, and reconnects with the password this driver was given
+(or, when it was given none, libpq's ``~/.pgpass`` / ``PGPASSWORD``). The study's name is
 the experiment's. A new search never joins an existing study (``OptunaSearch`` would, silently): that
 needs ``--resume``. ``--warm-start NAME`` copies the finished trials of an earlier study that fit this
 space into the new one before its first trial.
@@ -10,6 +15,7 @@ space into the new one before its first trial.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,8 @@ from tuning.space.checks import is_active
 from tuning.space.sampling import optuna_name
 from tuning.space.types import SearchSpace
 
-DEFAULT_STORAGE = "optuna.db"  # in the working folder, beside the default mlflow.db and ray_results/
+DEFAULT_STORAGE = "optuna.db"  # beside a SQLite mlflow.db (the working folder's by default)
+SERVER_STORAGE = "~/mlflow/optuna.db"  # with a tracking server: where the cluster files keep MLflow's database
 METRIC_ATTR = "egosearch.metric"  # the study's user attribute: which metric its values are
 STORAGE_TAG, STUDY_TAG = "optuna_storage", "optuna_study"  # on the parent MLflow run
 WARM_TAG = "warm_start"  # on the parent MLflow run: what the search was warmed from
@@ -38,23 +45,79 @@ class StudyError(RuntimeError):
     pass
 
 
-def storage_uri(given: str | None) -> str:
+def default_storage(tracking_uri: str) -> str:
+    """The study's storage when ``--optuna-storage`` is not given, from the MLflow tracking URI: beside a
+    SQLite store (``sqlite:///DIR/mlflow.db`` -> ``sqlite:///DIR/optuna.db``); with an ``http(s)`` tracking
+    server, ``~/mlflow/optuna.db`` where the driver runs (on the cluster files' heads, beside the server's
+    ``mlflow.db``); any other store (a database MLflow talks to directly): ``optuna.db`` in the working folder."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"sqlite:///{SERVER_STORAGE}"
+    path = tracking_uri[len("sqlite:///"):].split("?", 1)[0] if tracking_uri.startswith("sqlite:///") else ""
+    if path in ("", ":memory:"):
+        return f"sqlite:///{DEFAULT_STORAGE}"
+    return f"sqlite:///{path.rsplit('/', 1)[0] + '/' if '/' in path else ''}{DEFAULT_STORAGE}"
+
+
+def storage_uri(given: str | None, tracking_uri: str | None = None) -> str:
     """``--optuna-storage`` as a URI with an absolute SQLite path (the search's files move with the
-    working folder; a restored searcher reconnects by this URI). Default: ``optuna.db`` here."""
-    uri = given or f"sqlite:///{DEFAULT_STORAGE}"
+    working folder; a restored searcher reconnects by this URI). Default: :func:`default_storage` of
+    ``tracking_uri`` (``optuna.db`` here when that is None), its folder made when missing."""
+    uri = given or default_storage(tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).expanduser().resolve()}"
+    if given is None and uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return uri
 
 
+# ``scheme://user:password@``, split as SQLAlchemy splits a URL (the password ends at the first "@")
+_PASSWORD = re.compile(r"^([\w+]+://[^:/@]*):([^@]*)@")
+_GIVEN: dict[str, str] = {}  # a storage URI without its password -> as given, in this process only
+
+
+def redact(uri: str) -> str:
+    """``uri`` with its password shown as ``***`` (``postgresql://user:***@host/db``): for tags and logs."""
+    return _PASSWORD.sub(r"\1:***@", uri)
+
+
+def _bare(uri: str) -> str:
+    return _PASSWORD.sub(r"\1@", uri)
+
+
+def connect_uri(uri: str) -> str:
+    """The URI to connect with for ``uri`` as pickled, recorded or shown: the one this process was given
+    (password included), else ``uri`` without a password (libpq then reads ``~/.pgpass`` or ``PGPASSWORD``)."""
+    return _GIVEN.get(_bare(uri), _bare(uri))
+
+
+class SafeRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, whose pickles (Ray's ``tuner.pkl`` and searcher state hold it) carry its URI
+    without the password; unpickled, it reconnects through :func:`connect_uri`."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "url": _bare(self.url)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__({**state, "url": connect_uri(state["url"])})
+
+
 def open_storage(uri: str) -> optuna.storages.RDBStorage:
-    """The storage, or a ``StudyError`` naming the URI when it cannot be opened (bad URI, a server that
-    does not answer, a folder that does not exist)."""
+    """The storage, or a ``StudyError`` naming the URI (password hidden) when it cannot be opened (bad URI,
+    a server that does not answer, a folder that does not exist)."""
+    if _PASSWORD.match(uri):
+        _GIVEN[_bare(uri)] = uri
     try:
-        return optuna.storages.RDBStorage(uri, engine_kwargs=_engine_kwargs(uri))
+        return SafeRDBStorage(connect_uri(uri), engine_kwargs=_engine_kwargs(uri))
     except Exception as e:  # sqlalchemy's errors: a bad URL, a refused connection, an unwritable file
         msg = str(e).splitlines()[0][:300] if str(e) else ""
-        raise StudyError(f"--optuna-storage {uri} cannot be opened: {type(e).__name__}: {msg}") from None
+        raise StudyError(f"--optuna-storage {redact(uri)} cannot be opened: {type(e).__name__}: "
+                         f"{msg.replace(uri, redact(uri))}") from None
+
+
+def record_study(client: Any, parent_id: str, uri: str, name: str) -> None:
+    """The study's storage (password hidden) and name as tags of the search's parent MLflow run."""
+    client.set_tag(parent_id, STORAGE_TAG, redact(uri))
+    client.set_tag(parent_id, STUDY_TAG, name)
 
 
 def _engine_kwargs(uri: str) -> dict[str, Any]:
@@ -70,8 +133,8 @@ def has_study(storage: optuna.storages.BaseStorage, name: str) -> bool:
 def check_new_study(storage: optuna.storages.BaseStorage, uri: str, name: str, resume: bool) -> None:
     """A new search under a name that already has a study is refused (``--resume`` continues one)."""
     if not resume and has_study(storage, name):
-        raise StudyError(f"an Optuna study named {name!r} already exists in {uri}: add --resume to continue that "
-                         "search, pass another --experiment name, or another --optuna-storage")
+        raise StudyError(f"an Optuna study named {name!r} already exists in {redact(uri)}: add --resume to continue "
+                         "that search, pass another --experiment name, or another --optuna-storage")
 
 
 def distributions(space: SearchSpace) -> dict[str, dict[str, BaseDistribution]]:
@@ -187,7 +250,7 @@ def _source_study(storage: optuna.storages.BaseStorage, source: str, client: Any
         if runs:
             tags = runs[0].data.tags
             try:
-                study = optuna.load_study(study_name=tags[STUDY_TAG], storage=tags[STORAGE_TAG])
+                study = optuna.load_study(study_name=tags[STUDY_TAG], storage=connect_uri(tags[STORAGE_TAG]))
             except Exception as e:  # the storage moved or is gone
                 raise StudyError(f"--warm-start {source}: the experiment's study {tags[STUDY_TAG]!r} in "
                                  f"{tags[STORAGE_TAG]} cannot be opened: {type(e).__name__}: {e}") from None
