@@ -5,6 +5,7 @@ launcher clusters."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
 import subprocess
@@ -288,3 +289,47 @@ def test_search_args_parses_what_it_should() -> None:
         check_same_search(search_args(good.replace("ablation", "smoke")), "other space")
     with pytest.raises(AssertionError):
         check_same_search(search_args(good.replace(" --address auto", "")), "no address")
+
+
+# --------------------------------------------------------------------------------------------------
+# what `ray up` copies to the head
+
+
+def rsync_excluded(path: str, patterns: list[str]) -> bool:
+    """Whether rsync's ``--exclude PATTERN`` (as Ray passes ``rsync_exclude``) leaves ``path``, relative to
+    the synced root, out: a pattern with a leading "/" matches from the root, one without matches any name
+    along the path; ``*`` stays within a name; an excluded folder takes its contents with it."""
+    parts = path.split("/")
+    for p in patterns:
+        if p.startswith("/"):
+            depth = p.count("/")
+            if len(parts) >= depth and fnmatch.fnmatchcase("/".join(parts[:depth]), p[1:]):
+                return True
+        elif any(fnmatch.fnmatchcase(name, p) for name in parts):
+            return True
+    return False
+
+
+LOCAL_RUN_WRITES = ["mlflow.db", "mlflow.db-journal", "optuna.db", "optuna.db-wal", "mlartifacts/1/abc/model.pt",
+                    "ray_results/ablation/tuner.pkl", "retrain/seed_0/config.json", "export-1a2b3c4d/model.onnx",
+                    "runs/r1/metrics.csv", "out/x.png", "mlruns/0/meta.yaml", "egosearch.egg-info/PKG-INFO"]
+THE_PROJECT = ["tuning/search.py", "cluster.env", "search_spaces/ablation.yaml", "docs/cluster.md",
+               "tests/fixtures/saved_search_v1/searcher_state_v1/tuner.pkl", "pyproject.toml"]
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.name)
+def test_a_local_runs_stores_are_never_synced_onto_the_head(path: Path) -> None:
+    """A laptop's smoke study, MLflow store and results stay on the laptop: a re-sync (``ray up``) would
+    otherwise put them on the head, or over the head's own."""
+    patterns = load(path)["rsync_exclude"]
+    assert [f for f in LOCAL_RUN_WRITES if not rsync_excluded(f, patterns)] == []
+    assert [f for f in THE_PROJECT if rsync_excluded(f, patterns)] == []
+    ignored = [line.strip() for line in (ROOT / ".gitignore").read_text().splitlines() if line.strip()]
+    local = [g.rstrip("/").replace("*", "x") for g in ignored if g != "/cluster.env"]  # cluster.env is synced
+    assert [g for g in local if not rsync_excluded(g.lstrip("/"), patterns)] == [], "ignored by git, yet synced"
+
+
+def test_rsync_excluded_reads_patterns_as_rsync_does() -> None:
+    assert rsync_excluded("mlflow.db", ["/mlflow.db*"]) and not rsync_excluded("sub/mlflow.db", ["/mlflow.db*"])
+    assert rsync_excluded("a/b/__pycache__/x.pyc", ["__pycache__"]) and rsync_excluded("w.pt", ["*.pt"])
+    assert not rsync_excluded("export.py", ["/export-*"]) and not rsync_excluded("tuning/retrain.py", ["/retrain"])
