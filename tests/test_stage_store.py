@@ -228,3 +228,80 @@ def test_trials_share_stages_exactly(tmp_path, tiny_root):
     assert all(torch.equal(sb[k], sc[k]) for k in sc)
     seeded = train(tiny_config(tiny_root, train__seed=1), tmp_path / "d", progress=False, store=store, owner="d")
     assert seeded["from_store"] == []  # another seed shares nothing
+
+
+class Killed(Exception):
+    """The trial's process dies here (in the test: the callback raises it)."""
+
+
+class DyingStore(StageStore):
+    """A holder whose process is killed: its heartbeat stops and it releases nothing (the lease stands
+    until it expires or the same trial's next attempt takes it over)."""
+
+    def release(self, key):
+        stop = self._beats.pop(key, None)
+        if stop is not None:
+            stop.set()
+
+
+def killed_at(global_epoch):
+    def callback(r):
+        if r.global_epoch == global_epoch:
+            raise Killed
+    return callback
+
+
+def stage_rows(metrics):
+    return [(h["stage"], h["epoch"]) for h in metrics["history"]]
+
+
+@pytest.mark.parametrize("kill_at", [1, 2], ids=["mid-stage", "at-the-stage-end"])
+def test_a_holder_resumed_after_a_kill_publishes_its_stage(tmp_path, tiny_root, kill_at):
+    """A trial killed while it computes stage 1 (after epoch 1 of 2, or after its last epoch but before
+    storing it) resumes from its checkpoint and publishes the stage (once resumed, it holds the lease: a
+    bug would show as the waiter taking over the expired lease and computing stage 1 again). The trial
+    that shares it loads it. Stage 1 of this config has 2 epochs."""
+    table = LeaseTable()  # the search's lease actor; a short lease so that a bug shows as a recomputation
+    cfg = tiny_config(tiny_root)
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "a", progress=False, callback=killed_at(kill_at), owner="trial a",
+              store=DyingStore(str(tmp_path / "store"), lease_seconds=1.0, leases=table))
+    logs, reports = [], []
+    a = train(cfg, tmp_path / "a", resume=True, progress=False, callback=reports.append, owner="trial a",
+              store=store_on(tmp_path / "store", table, lease_seconds=1.0, log=logs.append), evaluate_test=False)
+    assert [r.global_epoch for r in reports] == list(range(kill_at + 1, 5))  # nothing reported twice
+    assert not any(r.from_store for r in reports) and a["from_store"] == []
+    assert stage_rows(a) == [(1, 1), (1, 2), (2, 1), (3, 1)]
+    waiter = store_on(tmp_path / "store", table, lease_seconds=1.0)
+    if kill_at == 2:  # published before it went on to stage 2
+        stored = waiter.get_or_claim(stage_key(cfg, a["data_fingerprint"], 1), "trial b")
+        assert torch.load(stored, weights_only=True)["computed_by"] == "trial a"
+        return
+    assert any("failed attempt" in m for m in logs)  # its dead attempt's lease, taken over at once
+    b_reports = []
+    b = train(tiny_config(tiny_root, train__stage3__lr=1e-3), tmp_path / "b", progress=False, owner="trial b",
+              callback=b_reports.append, store=waiter, evaluate_test=False)
+    assert [(s["stage"], s["computed_by"]) for s in b["from_store"]] == [(1, "trial a"), (2, "trial a")]
+    assert [r.from_store for r in b_reports] == [True, True, True, False]
+
+
+def test_a_resumed_holder_takes_the_stage_another_trial_published_meanwhile(tmp_path, tiny_root):
+    """Killed after epoch 1 of stage 1; its lease expires and another trial computes and publishes stage 1
+    while it is down. Resumed, it takes that result in place of its partial stage: its epoch 2 of stage 1
+    comes from the store, no stage-1 epoch is in its history twice, and it computes its own stage 2."""
+    table = LeaseTable()
+    cfg = tiny_config(tiny_root)
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "a", progress=False, callback=killed_at(1), owner="trial a",
+              store=DyingStore(str(tmp_path / "store"), lease_seconds=0.3, leases=table))
+    b_cfg = tiny_config(tiny_root, model__alpha=3.0)  # shares stage 1 only
+    b = train(b_cfg, tmp_path / "b", progress=False, owner="trial b", evaluate_test=False,
+              store=store_on(tmp_path / "store", table, lease_seconds=0.3))
+    assert b["from_store"] == []
+    reports = []
+    a = train(cfg, tmp_path / "a", resume=True, progress=False, callback=reports.append, owner="trial a",
+              store=store_on(tmp_path / "store", table, lease_seconds=0.3), evaluate_test=False)
+    assert [(s["stage"], s["computed_by"]) for s in a["from_store"]] == [(1, "trial b")]
+    assert [(r.global_epoch, r.from_store) for r in reports] == [(2, True), (3, False), (4, False)]
+    assert stage_rows(a) == [(1, 1), (1, 2), (2, 1), (3, 1)]
+    assert a["stages"]["1"]["best_val_top1"] == b["stages"]["1"]["best_val_top1"]

@@ -163,21 +163,22 @@ def train(
         model.load_state_dict(state["model"])
         ck.restore_rng(state)
 
+    if state is not None and store is not None and start_epoch == 0 and start_i > 0:
+        run.publish(plan[start_i - 1], store, owner)  # finished just before the stop
     try:
         for i in range(start_i, len(plan)):
             stage = plan[i]
-            if state is not None and i == start_i and start_epoch > 0:  # resumed mid-stage
-                run.stage(stage, offsets[i], state, start_epoch)
-                continue
-            # each stage's randomness depends only on the seed and the stage, not on which heads the
-            # variant built, so trials that differ only in later stages share earlier ones exactly
-            torch.manual_seed(cfg.train.seed * 1000 + stage.number)
-            if i > 0:  # stage n starts from stage n-1's best by validation
-                model.load_state_dict(ck.load(ckdir / ck.best_name(plan[i - 1].number))["model"])
+            resumed = (state, start_epoch) if state is not None and i == start_i and start_epoch > 0 else (None, 0)
+            if resumed[0] is None:
+                # each stage's randomness depends only on the seed and the stage, not on which heads the
+                # variant built, so trials that differ only in later stages share earlier ones exactly
+                torch.manual_seed(cfg.train.seed * 1000 + stage.number)
+                if i > 0:  # stage n starts from stage n-1's best by validation
+                    model.load_state_dict(ck.load(ckdir / ck.best_name(plan[i - 1].number))["model"])
             if store is None:
-                run.stage(stage, offsets[i])
+                run.stage(stage, offsets[i], *resumed)
             else:
-                run.stage_through_store(stage, offsets[i], store, owner)
+                run.stage_through_store(stage, offsets[i], store, owner, *resumed)
     finally:
         if run.device_clips is not None:
             run.device_clips.close()  # its thread: the batches it started for an epoch that never comes
@@ -260,20 +261,32 @@ class _Run:
             if self.callback is not None:
                 self.callback(EpochReport(stage.number, epoch, g, stage.epochs, metrics, is_best, self.ckdir))
 
-    def stage_through_store(self, stage: Stage, offset: int, store: StageStore, owner: str) -> None:
+    def stage_through_store(self, stage: Stage, offset: int, store: StageStore, owner: str,
+                            state: dict[str, Any] | None = None, done: int = 0) -> None:
         """The stage from the store when a trial has computed it; else computed here (holding its lease)
-        and stored."""
+        and stored. A stage resumed after epoch ``done`` (a retried trial, ``--resume``) claims its lease
+        again (a retried trial takes its dead attempt's over at once): it continues and publishes, or
+        takes the result another trial published meanwhile in place of its own partial epochs."""
         key = stage_key(self.cfg, self.bundle.fingerprint, stage.number)
         stored = store.get_or_claim(key, owner)
         if stored is not None:
-            self.load_stored(stage, offset, stored, key)
+            self.history = [h for h in self.history if h["stage"] != stage.number]  # a resumed stage's part
+            self.best.pop(str(stage.number), None)
+            self.load_stored(stage, offset, stored, key, reported=done)
             return
         try:
-            self.stage(stage, offset)
+            self.stage(stage, offset, state, done)
         except BaseException:
             store.release(key)
             raise
         store.put(key, self.stored_payload(stage, owner))
+
+    def publish(self, stage: Stage, store: StageStore, owner: str) -> None:
+        """A stage this run computed to its end but stopped before storing (its result stays if another
+        trial published one meanwhile; no lease is needed to publish a finished result)."""
+        if any(s["stage"] == stage.number for s in self.from_store):
+            return  # taken from the store: already there
+        store.put(stage_key(self.cfg, self.bundle.fingerprint, stage.number), self.stored_payload(stage, owner))
 
     def train_loader(self, batch_size: int, epoch_key: int) -> Any:
         """A stage's training loader: loader processes, or (``data.device_clips``) clips on the device."""
@@ -304,8 +317,9 @@ class _Run:
         return {"state": shared_state(best, stage.number), "rows": rows, "best": self.best[str(stage.number)],
                 "computed_by": owner}
 
-    def load_stored(self, stage: Stage, offset: int, path: Path, key: str) -> None:
-        """Take a stage's result from the store instead of computing it, as if it had run here."""
+    def load_stored(self, stage: Stage, offset: int, path: Path, key: str, reported: int = 0) -> None:
+        """Take a stage's result from the store instead of computing it, as if it had run here. The
+        callback gets the stage's epochs after ``reported`` (those a resumed run had not reported yet)."""
         stored = torch.load(path, map_location="cpu", weights_only=True)
         path.unlink(missing_ok=True)  # the store's local copy: read once
         missing = set(shared_state(self.model.state_dict(), stage.number)) - set(stored["state"])
@@ -323,7 +337,7 @@ class _Run:
         ck.save(self.ckdir / ck.best_name(stage.number), self.payload(stage, best["epoch"], offset + best["epoch"]))
         self.save_last(stage, stage.epochs, g, {})
         if self.callback is not None:
-            for r in rows:
+            for r in rows[reported:]:
                 self.callback(EpochReport(stage.number, r["epoch"], r["global_epoch"], stage.epochs,
                                           {k: v for k, v in r.items() if k not in ("stage", "epoch", "global_epoch")},
                                           r["epoch"] == best["epoch"], self.ckdir, from_store=True))
