@@ -333,3 +333,26 @@ def test_rsync_excluded_reads_patterns_as_rsync_does() -> None:
     assert rsync_excluded("mlflow.db", ["/mlflow.db*"]) and not rsync_excluded("sub/mlflow.db", ["/mlflow.db*"])
     assert rsync_excluded("a/b/__pycache__/x.pyc", ["__pycache__"]) and rsync_excluded("w.pt", ["*.pt"])
     assert not rsync_excluded("export.py", ["/export-*"]) and not rsync_excluded("tuning/retrain.py", ["/retrain"])
+
+
+def test_rayjob_keeps_the_study_on_a_volume_that_outlives_the_head_pod() -> None:
+    """The job logs to the tracking server of its secret (runs and artifacts live there); the study goes
+    where the search puts it for a tracking server, which must be a persistent volume on the head pod."""
+    from tuning.execution.study import default_storage
+
+    job = load(RAYJOB_FILE)
+    args = search_args(job["spec"]["entrypoint"])
+    assert "--optuna-storage" not in args, "the entrypoint relies on the default place, checked here"
+    pod = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    (head,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in head["env"]}
+    study = default_storage("http://mlflow.example.internal:5000")  # the secret's tracking URI is a server
+    assert study.startswith("sqlite:///~/")
+    study_file = env["HOME"] + study[len("sqlite:///~"):]
+    mounts = {m["mountPath"]: m for m in head["volumeMounts"]}
+    folder = str(Path(study_file).parent)
+    assert folder in mounts and not mounts[folder].get("readOnly"), f"{study_file}: no writable volume at {folder}"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = volumes[mounts[folder]["name"]].get("persistentVolumeClaim")
+    assert claim and claim["claimName"] and not claim.get("readOnly"), "the study's volume is a claim, not the pod's"
+    assert pod["securityContext"]["fsGroup"] == 100, "the image's user (group 100) writes the claim"
