@@ -266,7 +266,7 @@ def commands_in(path: Path, text: str) -> list[DocCommand]:
             for variant in synopsis_variants(code):
                 for words in simple_commands(variant):
                     out += [DocCommand(f"{name}:{line_no}", code, m, tuple(a), inline=True)
-                            for m, a in project_commands(words) if a]  # a bare `python -m X` names X
+                            for m, a in project_commands(words)]
     return out
 
 
@@ -375,6 +375,12 @@ def parse_error(module: str, args: list[str]) -> str | None:
 def check_command(cmd: DocCommand) -> str | None:
     """A failure line naming the doc's file:line and the command, or None when it parses. Unknown values
     (expansions, ALL-CAPS placeholders) are tried as ``1``, then ``X``."""
+    if cmd.inline and not cmd.args:  # a bare `python -m X` in prose names the command: it must exist
+        try:
+            importlib.import_module(cmd.module)
+            return None
+        except Exception as e:  # noqa: BLE001
+            return f"{cmd.where}: `{cmd.text}`: cannot import {cmd.module}: {type(e).__name__}: {e}"
     errors = []
     for value in ("1", "X"):
         args = [value if w.opaque or PLACEHOLDER.match(w.text) else w.text for w in cmd.args]

@@ -97,9 +97,11 @@ def test_an_unknown_flag_fails_naming_file_line_and_command(tmp_path: Path) -> N
     ("python -m egomodel.weights fetch --backbone resnet35", "invalid choice: 'resnet35'"),
     ("python -m tuning.nosuch --space smoke", "cannot import tuning.nosuch"),
     ("python DIR/classify_video.py VIDEO.mp4 --every-frames", "unrecognized arguments: --every-frames"),
+    ("`python -m tuning.serach`", "cannot import tuning.serach"),
 ])
 def test_each_kind_of_mistake_is_reported(tmp_path: Path, line: str, error: str) -> None:
-    _, failures = _check_md(tmp_path, f"```\n{line}\n```\n")
+    md = f"Prose:\n{line}\n" if line.startswith("`") else f"```\n{line}\n```\n"
+    _, failures = _check_md(tmp_path, md)
     assert len(failures) == 1 and error in failures[0] and ":2: `" in failures[0], failures
 
 
@@ -124,7 +126,7 @@ python -m benchmarks.run --json out.json > log.txt 2>&1; egosearch report --pare
 python -m tuning.search --not-a-shell-block
 ```
 
-Prose `python -m egomodel.weights check` and a mere name: `python -m tuning.search`.
+Prose `python -m egomodel.weights check` and a mere name: `python -m tuning.search`, `egomodel`.
 """
     commands, failures = _check_md(tmp_path, md)
     assert not failures
@@ -135,6 +137,8 @@ Prose `python -m egomodel.weights check` and a mere name: `python -m tuning.sear
         ("10", "benchmarks.run", ["--json", "out.json"]),
         ("10", "tuning.commands", ["report", "--parent", "PARENT_RUN_ID"]),  # egosearch's dispatcher
         ("21", "egomodel.weights", ["check"]),
+        ("21", "tuning.search", []),  # only imported: a name in prose is not a command line
+        ("21", "egomodel.commands", []),
     ]
     assert [w.text for w in simple_commands("a 'b c' \"d\\\"e\" f\\ g # h")[0]] == ["a", "b c", 'd"e', "f g"]
 
