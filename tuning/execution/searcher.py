@@ -25,7 +25,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tuning.execution.study import METRIC_ATTR, RAY_TRIAL_ATTR, RERUN_ATTR, STOPPED_ATTR, orphans
+from tuning.execution.study import METRIC_ATTR, RAY_TRIAL_ATTR, RERUN_ATTR, STOPPED_ATTR, name_objectives, orphans
 from tuning.space.sampling import DefineByRun, encode_point
 from tuning.space.types import SearchSpace
 
@@ -217,6 +217,7 @@ def make_searcher(space: SearchSpace, max_concurrent: int, seed: int, storage: A
     )
     study = searcher._ot_study
     study.set_user_attr(METRIC_ATTR, space.metric)
+    name_objectives(study, space)
     for key, value in (record or {}).items():
         study.set_user_attr(key, value)
     if warm:

@@ -16,6 +16,7 @@ space into the new one before its first trial.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,14 @@ def fitting(space: SearchSpace, trial: FrozenTrial) -> FrozenTrial | None:
                         "warm_start_from": f"trial {trial.number}"})
     except ValueError:
         return None
+
+
+def name_objectives(study: optuna.Study, space: SearchSpace) -> None:
+    """Name the study's objectives (``val_top1``; each objective of a multi-objective space), which
+    optuna-dashboard and Optuna's plots show instead of "Objective 0"."""
+    with warnings.catch_warnings():  # experimental in Optuna since 3.2; stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([n for n, _ in space.objectives] or [space.metric])
 
 
 def study_record(space: SearchSpace, stage_epochs: list[int], epochs_scale: float, data_root: str,
