@@ -258,7 +258,11 @@ def run(args: argparse.Namespace) -> int:
     for s in seeds:
         if s not in jobs:
             print(f"seed {s}: finished before (run {runs[s].info.run_id}), not trained again")
-    failed = run_on_ray(jobs, resources) if resources is not None else run_here(jobs)
+    try:
+        failed = run_on_ray(jobs, resources) if resources is not None else run_here(jobs)
+    except BaseException:  # bad input met by a seed, or Ctrl-C: the parent run does not stay RUNNING
+        client.set_terminated(parent_id, "FAILED")
+        raise
     return aggregate(client, parent_id, seeds, failed)
 
 
