@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from egomodel.config import from_dict, parse_overrides
 from tuning.space import load_space
+from tuning.space.errors import SpaceError
+from tuning.space.rungs import resolve_rungs
 
 
 @pytest.mark.parametrize("space_name, names", [("smoke", ["val_top1"]), ("wearable", ["val_top1", "gflops"])])
@@ -23,3 +26,59 @@ def test_the_study_names_its_objectives_for_the_dashboard(space_name, names, tmp
     assert expected == names[: len(expected)]
     assert study_of(searcher).metric_names == expected
     assert optuna.load_study(study_name="s", storage=storage).metric_names == expected  # what the dashboard reads
+
+
+# ---------------------------------------------------------------------------------------------- --set
+def test_set_changes_the_spaces_base_and_its_own_settings():
+    plain = load_space("ablation")
+    space = load_space("ablation", parse_overrides(["train.epochs_scale=0.1", "resources.gpu=0.25",
+                                                    "num_samples=8", "scheduler.reduction_factor=3"]))
+    assert plain.base["train.epochs_scale"] == 1.0 and plain.resources["gpu"] == 0.5
+    assert space.base["train.epochs_scale"] == 0.1 and space.base["model.variant"] == "feedback"
+    assert space.resources == {"cpu": 4.0, "gpu": 0.25} and space.num_samples == 8
+    assert space.scheduler.reduction_factor == 3 and space.params == plain.params
+    # the changed space is validated as a whole: its auto rungs follow the shorter schedule
+    cfg = from_dict({}, space.base)
+    assert resolve_rungs(space, cfg) != resolve_rungs(plain, from_dict({}, plain.base))
+
+
+@pytest.mark.parametrize("item, message", [
+    ("model.alpha=2", r"--set model\.alpha: this space searches it \(params\.model\.alpha\)"),
+    ("train.epoch_scale=0.1", r"--set train\.epoch_scale: not an egomodel config key.*'train\.epochs_scale'"),
+    ("resources.gpu=-1", r"with --set resources\.gpu=-1: resources\.gpu: -1.* must be >= 0"),
+    ("resources=2", r"--set resources: expected resources\.FIELD=VALUE"),
+    ("params.x=1", r"--set params\.x: not an egomodel config key nor a space setting"),
+    ("data.root=/x", r"--set data\.root: set by the search itself; use --data"),
+    ("train.epochs_scale=-1", r"train\.epochs_scale"),
+])
+def test_set_refuses_a_searched_unknown_or_bad_key_naming_it(item, message):
+    with pytest.raises(SpaceError, match=message):
+        load_space("ablation", parse_overrides([item]))
+
+
+def test_search_refuses_a_bad_set_before_anything_starts(tmp_path, monkeypatch, capsys):
+    import ray
+
+    from tuning import search
+
+    monkeypatch.chdir(tmp_path)
+    assert search.main(["--space", "smoke", "--set", "model.alpha=2"]) == 2
+    assert "--set model.alpha: this space searches it" in capsys.readouterr().err
+    assert search.main(["--space", "smoke", "--set", "model.alpha"]) == 2
+    assert "override 'model.alpha' is not of the form key=value" in capsys.readouterr().err
+    assert not ray.is_initialized() and list(tmp_path.iterdir()) == []
+
+
+def test_resume_needs_the_same_set(tmp_path):
+    from tuning import search
+    from tuning.space.overrides import OVERRIDES_PARAM, describe
+
+    path = str(tmp_path / "smoke")
+    given = parse_overrides(["train.epochs_scale=0.1", "resources.gpu=0.25"])
+    search.save_record(path, {"data_root": "/d", "data_fingerprint": "f", OVERRIDES_PARAM: describe(given)})
+    started = search.started_on(path, None, "smoke")
+    search.check_same_overrides(path, started, dict(reversed(given.items())))  # the same, in another order
+    with pytest.raises(search.SearchError, match=r"--resume refused: .*resources\.gpu: 0\.25 -> \(not set\); "
+                                                 r"train\.epochs_scale: 0\.1 -> 0\.2"):
+        search.check_same_overrides(path, started, {"train.epochs_scale": 0.2})
+    search.check_same_overrides(path, {"data_fingerprint": "f"}, {})  # a search from before --set: none

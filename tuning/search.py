@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from egomodel.cli import run_cli
-from egomodel.config import Config, ConfigError, from_dict
+from egomodel.config import Config, ConfigError, from_dict, parse_overrides
 from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
 from egomodel.training.stages import stage_plan
@@ -37,6 +37,9 @@ from tuning.execution.study import (
 )
 from tuning.space.errors import SpaceError
 from tuning.space.load import load_space
+from tuning.space.overrides import OVERRIDES_PARAM
+from tuning.space.overrides import describe as describe_overrides
+from tuning.space.overrides import difference as overrides_difference
 from tuning.space.rungs import resolve_rungs
 from tuning.space.sampling import decode, runtime_overrides
 from tuning.space.types import SearchSpace
@@ -67,6 +70,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tuning.search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="smoke", help="a name under search_spaces/ or a YAML path (default: smoke)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the space (repeatable): an egomodel key sets base (train.epochs_scale=0.1); "
+                        "resources.cpu|gpu, num_samples, max_concurrent, scheduler.FIELD, checkpoint_interval_s "
+                        "set the space's own; a searched key is refused (docs/search_spaces.md)")
     p.add_argument("--data", default=None, help="GTEA61 root; default: the built-in synthetic set")
     p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's num_samples)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: the space's)")
@@ -188,7 +195,8 @@ def started_on(path: str, client: Any, name: str) -> dict[str, str | None] | Non
     run = find_parent(client, name, path)
     if run is None or "data_fingerprint" not in run.data.tags:
         return None
-    return {"data_fingerprint": run.data.tags["data_fingerprint"], "data_root": run.data.tags.get("data_root")}
+    return {"data_fingerprint": run.data.tags["data_fingerprint"], "data_root": run.data.tags.get("data_root"),
+            OVERRIDES_PARAM: run.data.params.get(OVERRIDES_PARAM, "{}")}
 
 
 def check_same_data(path: str, started: dict[str, str | None] | None, data_root: str, fingerprint: str) -> None:
@@ -201,6 +209,16 @@ def check_same_data(path: str, started: dict[str, str | None] | None, data_root:
         f"the data at {data_root} now has fingerprint {fingerprint} (clips added, removed or resized). Restore "
         "that data, or start a new search (another --experiment name)."
     )
+
+
+def check_same_overrides(path: str, started: dict[str, str | None] | None, overrides: dict[str, Any]) -> None:
+    """``--resume`` continues a search with the ``--set`` it started with (none before they were recorded)."""
+    recorded = json.loads((started or {}).get(OVERRIDES_PARAM) or "{}")
+    changed = overrides_difference(recorded, overrides)
+    if changed:
+        raise SearchError(f"--resume refused: the search at {path} started with --set {recorded or 'nothing'}; "
+                          f"this command differs ({'; '.join(changed)}). Resume with the same --set, or start a "
+                          "new search (another --experiment name)")
 
 
 def study_storage(args: argparse.Namespace, name: str, tracking_uri: str) -> str:
@@ -228,7 +246,8 @@ def run(args: argparse.Namespace) -> int:
     _positive("--max-concurrent", args.max_concurrent)
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise SearchError(f"--seed must be in [0, 2**32), got {args.seed}")
-    space = load_space(args.space)  # a bad space fails here, before anything starts
+    overrides = parse_overrides(args.set)
+    space = load_space(args.space, overrides)  # a bad space (or --set) fails here, before anything starts
     champion_rule(space, args.max_gflops, args.min_top1)
     if args.warm_start and space.objectives:
         raise SearchError(f"--warm-start: the space {space.name} has objectives; warm start adds the trials of a "
@@ -301,7 +320,9 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             raise SearchError(f"--storage {storage}: cannot create the folder: {e.strerror or e}") from None
     if args.resume:
-        check_same_data(path, started_on(path, client, name), data_root, bundle.fingerprint)
+        started = started_on(path, client, name)
+        check_same_data(path, started, data_root, bundle.fingerprint)
+        check_same_overrides(path, started, overrides)
     connect_ray(args.address)
     try:  # every node alive now reads a marker the driver wrote there; each trial checks it again
         marker, checked = storage_check.check(storage, remote=args.address is not None)
@@ -320,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
         raise SearchError(str(e)) from None
     policy = args.log_checkpoints or "best"
     parent_id = parent_run(client, name, path, space, bundle.fingerprint, args.resume, data_root, artifacts,
-                           {POLICY_PARAM: policy})
+                           {POLICY_PARAM: policy, OVERRIDES_PARAM: describe_overrides(overrides)})
     if not args.resume:
         record_study(client, parent_id, study_uri, name)
     if args.warm_start:
@@ -356,7 +377,8 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             ),
         )
-        save_record(path, {"data_root": data_root, "data_fingerprint": bundle.fingerprint})
+        save_record(path, {"data_root": data_root, "data_fingerprint": bundle.fingerprint,
+                           OVERRIDES_PARAM: describe_overrides(overrides)})
     try:
         results = tuner.fit()
     except feasibility.InfeasibleError as e:  # trials pending that no node can ever run

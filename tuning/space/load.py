@@ -20,6 +20,7 @@ from tuning.space import fields
 from tuning.space.checks import check_point, deep_check
 from tuning.space.errors import SpaceError
 from tuning.space.objectives import check_scheduler, parse_champion, parse_export, parse_objectives
+from tuning.space.overrides import split
 from tuning.space.rungs import parse_rungs, resolve_rungs
 from tuning.space.strict_yaml import read_yaml
 from tuning.space.types import DEFAULT_CHECKPOINT_INTERVAL_S, Param, Scheduler, SearchSpace
@@ -227,7 +228,7 @@ def _base_file(v: Any, path: Path, params: Any) -> Any:
     return {k: val for k, val in flat.items() if k not in searched}
 
 
-def _parse(data: Any, path: Path, text: str) -> SearchSpace:
+def _parse(data: Any, path: Path, text: str, base_set: dict[str, Any] | None = None) -> SearchSpace:
     data = fields.mapping("space", data, " with keys such as metric, base, params")
     for k in data:
         if k not in TOP_KEYS:
@@ -255,7 +256,7 @@ def _parse(data: Any, path: Path, text: str) -> SearchSpace:
     check_scheduler(objectives, scheduler.type)
 
     known = ecfg.known_keys()
-    base = fields.base(_base_file(data.get("base"), path, data.get("params")), known)
+    base = {**fields.base(_base_file(data.get("base"), path, data.get("params")), known), **(base_set or {})}
     raw_params = data.get("params")
     if raw_params is None or raw_params == {}:
         raise SpaceError("params: missing or empty; a space needs at least one param to search")
@@ -328,8 +329,9 @@ def _resolve(name_or_path: str | Path) -> Path:
     return path
 
 
-def load_space(name_or_path: str | Path) -> SearchSpace:
-    """Load and fully validate a space: a shipped name (``smoke``) or a path to a YAML file."""
+def load_space(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """Load and fully validate a space: a shipped name (``smoke``) or a path to a YAML file, changed by
+    ``overrides`` (``--set``'s dotted keys: :mod:`tuning.space.overrides`) before it is validated."""
     path = _resolve(name_or_path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -337,7 +339,9 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         raise SpaceError(f"{path}: cannot read: {e}") from None
     data = read_yaml(path, text)
     try:
-        return _parse(data, path, text)
+        data, base_set = split(data, overrides or {})
+        return _parse(data, path, text, base_set)
     except SpaceError as e:
-        raise SpaceError(f"{path}: {e}") from None
+        given = f" with --set {' '.join(f'{k}={v}' for k, v in overrides.items())}" if overrides else ""
+        raise SpaceError(f"{path}{given}: {e}") from None
 
