@@ -2,8 +2,9 @@
 recorded curve instead of training, so search strategies are compared without training noise, many times.
 
 A table holds, for every configuration of a grid (one categorical choice per param), the validation
-top-1 after every global epoch, once per training seed. A search tunes on one seed's curves and its
-chosen configuration is scored on another seed's, so no strategy is scored on the noise it chased.
+top-1 after every global epoch, once per training seed, and its inference GFLOPs. A search tunes on one seed's
+curves and its chosen configuration is scored by its mean over the other seeds (its truth), so no strategy is
+scored on the noise it chased.
 
 Cost is counted in stage-epochs as the stage store makes it: a reported epoch costs one, unless its stage
 was completed before by a trial whose configuration agrees on every param acting up to that stage
@@ -18,7 +19,7 @@ import itertools
 import json
 import logging
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ import yaml
 from tuning.tracking.mlflow_runs import environ
 
 SMOKE_BASE_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
-STRATEGIES = ("random_fifo", "tpe_fifo", "tpe_asha_default", "ours")
+STRATEGIES = ("random_fifo", "tpe_fifo", "tpe_asha_default", "first_rung_top_k", "ours", "ours_promotion")
+FIRST_RUNG = "first_rung_top_k"
+OURS = {"ours": "asha", "ours_promotion": "asha_promotion", "moasha": "moasha"}  # strategy -> its space's scheduler
 # a search's trial cap, per grid configuration: a configuration proposed again costs nothing (the store has all
 # its stages), so with one trial per configuration every search ended by its trial count before its budget
 # (random sampling needs about 4.7 draws per configuration of a 64-configuration grid to see them all)
@@ -52,6 +55,7 @@ class Table:
     acting: dict[str, int]  # param -> first stage whose result depends on it
     curves: dict[str, dict[str, list[float]]]  # training seed -> config key -> value after each global epoch
     base: dict[str, Any]  # the egomodel settings every configuration shares
+    gflops: dict[str, float] = field(default_factory=dict)  # config key -> inference GFLOPs per clip (egomodel.cost)
 
     @property
     def total(self) -> int:
@@ -70,25 +74,52 @@ class Table:
         curve = self.curves[seed][self.key(config)]
         return max(curve[self.total - self.stage_epochs[-1]:])
 
+    def seeds(self) -> list[str]:
+        return sorted(self.curves, key=int)
+
+    def truth(self, config: dict[str, Any], tuned_on: str) -> float:
+        """A configuration's true score for a search tuned on seed ``tuned_on``: its mean score over the
+        other seeds (the noise the search chased is not in it)."""
+        return statistics.fmean(self.score(s, config) for s in self.seeds() if s != tuned_on)
+
+    def regret(self, config: dict[str, Any] | None, tuned_on: str) -> float:
+        """Simple regret against the truth for seed ``tuned_on``; with no configuration, the worst one's."""
+        truths = [self.truth(c, tuned_on) for c in self.configs()]
+        return max(truths) - (self.truth(config, tuned_on) if config is not None else min(truths))
+
+    def seed_spearman(self) -> float:
+        """Spearman's correlation between the configurations' mean scores over the first and the second
+        half of the seeds: whether the table can rank configurations at all."""
+        from benchmarks.replay_stats import spearman
+
+        seeds = self.seeds()
+        halves = seeds[:len(seeds) // 2], seeds[len(seeds) // 2:]
+        means = [[statistics.fmean(self.score(s, c) for s in half) for c in self.configs()] for half in halves]
+        return spearman(*means)
+
     def full_budget(self) -> int:
         """B: every configuration trained fully, nothing shared."""
         return len(self.configs()) * self.total
 
     def to_json(self) -> dict[str, Any]:
         return {"params": self.params, "stage_epochs": self.stage_epochs, "acting": self.acting,
-                "curves": self.curves, "base": self.base}
+                "curves": self.curves, "base": self.base, "gflops": self.gflops}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Table:
-        return cls(d["params"], d["stage_epochs"], d["acting"], d["curves"], d["base"])
+        return cls(d["params"], d["stage_epochs"], d["acting"], d["curves"], d["base"], d.get("gflops", {}))
 
 
-def write_space(table: Table, path: Path) -> Path:
-    """The replayed space: the smoke space's settings with exactly the grid's values as choices."""
+def write_space(table: Table, path: Path, scheduler: str = "asha", objectives: bool = False) -> Path:
+    """The replayed space: the smoke space's settings with exactly the grid's values as choices, the stage-aware
+    rungs (``rungs: auto``) of ``scheduler``; ``objectives``: top-1 up and GFLOPs down instead of top-1."""
     spec = yaml.safe_load(SMOKE_BASE_SPACE.read_text())
     spec.update(name="replay", base=table.base, num_samples=TRIALS_PER_CONFIG * len(table.configs()),
                 max_concurrent=1, params={k: {"type": "categorical", "choices": v} for k, v in table.params.items()})
-    spec["scheduler"] = {"type": "asha", "rungs": "auto", "reduction_factor": 2}
+    spec["scheduler"] = {"type": scheduler, "rungs": "auto", "reduction_factor": 2}
+    if objectives:
+        del spec["metric"], spec["mode"]
+        spec["objectives"] = [{"name": METRIC, "direction": "max"}, {"name": "gflops", "direction": "min"}]
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -126,22 +157,47 @@ class Ledger:
         return len({self.table.key(c) for _, _, c in self.finished}) == len(self.table.configs())
 
     def incumbent(self, budget: float) -> dict[str, Any] | None:
+        """The search's answer at ``budget``: the best finished configuration by its tuned score."""
         done = [(s, c) for spent, s, c in self.finished if spent <= budget]
         return max(done, key=lambda sc: sc[0])[1] if done else None
 
+    def front(self, budget: float) -> list[dict[str, Any]]:
+        """A two-objective search's answer at ``budget``: its finished configurations that no other finished
+        one beats on both tuned score (up) and GFLOPs (down)."""
+        done = {self.table.key(c): (s, self.table.gflops[self.table.key(c)], c)
+                for spent, s, c in self.finished if spent <= budget}
+        return [c for s, g, c in done.values()
+                if not any(s2 >= s and g2 <= g and (s2, g2) != (s, g) for s2, g2, _ in done.values())]
 
-def replay_trial(config: dict[str, Any], table: Table, seed: str) -> None:
+
+def replay_trial(config: dict[str, Any], table: Table, seed: str, pause_at: tuple[int, ...] = ()) -> None:
     """The replay trainable: reports like ``tuning.execution.trainable`` (the last epoch held back for
-    the closing summary, whose score is the last stage's best)."""
+    the closing summary, whose score is the last stage's best), with the configuration's GFLOPs when the
+    table has them. At the epochs ``pause_at`` (a pausing scheduler's rungs) it reports a checkpoint, and a
+    trial resumed from one goes on from the epoch after it."""
+    import tempfile
+
     from ray import tune
 
     config = {k: config[k] for k in table.params}
-    curve = table.curves[seed][table.key(config)]
-    n = table.total
-    for g in range(1, n):
-        tune.report({METRIC: curve[g - 1], "global_epoch": g, "total_epochs": n, "final": False})
+    key = table.key(config)
+    curve = table.curves[seed][key]
+    extra = {"gflops": table.gflops[key]} if table.gflops else {}
+    n, start = table.total, 0
+    resumed = tune.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            start = int((Path(d) / "epoch").read_text())
+    for g in range(start + 1, n):
+        metrics = {METRIC: curve[g - 1], "global_epoch": g, "total_epochs": n, "final": False, **extra}
+        if g in pause_at:
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "epoch").write_text(str(g))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(metrics)
     tune.report({METRIC: table.score(seed, config), f"epoch_{METRIC}": curve[-1], "global_epoch": n,
-                 "total_epochs": n, "final": True})
+                 "total_epochs": n, "final": True, **extra})
 
 
 def _callbacks(ledger: Ledger) -> tuple[Any, Any]:
@@ -164,8 +220,9 @@ def _callbacks(ledger: Ledger) -> tuple[Any, Any]:
     return Count(), OverBudget()
 
 
-def strategy(name: str, space: Any, table: Table, seed: int) -> tuple[Any, Any]:
-    """(search algorithm, scheduler) of a strategy, one trial at a time."""
+def strategy(name: str, spaces: dict[str, Any], table: Table, seed: int) -> tuple[Any, Any]:
+    """(search algorithm, scheduler) of a Ray-replayed strategy, one trial at a time. ``spaces``: the replayed
+    space per scheduler type (``write_space``)."""
     import optuna
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -175,95 +232,149 @@ def strategy(name: str, space: Any, table: Table, seed: int) -> tuple[Any, Any]:
     from tuning.space.rungs import resolve_rungs
     from tuning.space.sampling import DefineByRun
 
-    if name == "ours":
+    if name in OURS:
         from egomodel.config import from_dict
 
+        space = spaces[OURS[name]]
         rungs = resolve_rungs(space, from_dict({}, space.base))
         return make_searcher(space, 1, seed), make_scheduler(space, table.total, rungs)
+    space = spaces["asha"]
     sampler = optuna.samplers.RandomSampler(seed=seed) if name == "random_fifo" else \
         optuna.samplers.TPESampler(seed=seed)  # what OptunaSearch builds when given only a seed
     searcher = ConcurrencyLimiter(OptunaSearch(space=DefineByRun(space), metric=METRIC, mode="max", sampler=sampler),
                                   max_concurrent=1)
     if name == "tpe_asha_default":  # Ray's ASHA defaults: rungs from the first iteration, reduction factor 4
         return searcher, ASHAScheduler(max_t=table.total, grace_period=1)
+    if name not in ("random_fifo", "tpe_fifo"):
+        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
     return searcher, FIFOScheduler()
 
 
-def run_search(name: str, space: Any, table: Table, seed: int, budget: float, storage: Path) -> Ledger:
-    """One search of strategy ``name`` (Ray must be up): at most ``TRIALS_PER_CONFIG`` trials per grid
-    configuration (the replayed space's ``num_samples``), stopped once it has spent ``budget`` or every
-    configuration has finished. A configuration proposed again costs nothing (the store has all its stages),
-    so a search that keeps proposing what it has seen ends by its trial count, not by its budget."""
+def run_search(name: str, spaces: dict[str, Any], table: Table, seed: int, tuned_on: str, budget: float,
+               storage: Path) -> Ledger:
+    """One search of strategy ``name`` (Ray must be up) tuned on seed ``tuned_on``'s curves: at most
+    ``TRIALS_PER_CONFIG`` trials per grid configuration (the replayed space's ``num_samples``), stopped once it
+    has spent ``budget`` or every configuration has finished. A configuration proposed again costs nothing (the
+    store has all its stages), so a search that keeps proposing what it has seen ends by its trial count."""
     import optuna
     from ray import tune
 
+    if name == FIRST_RUNG:
+        return first_rung_top_k(table, spaces["asha"], seed, tuned_on, budget)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # the result grid Tuner.fit returns reads per-trial files that were never written; the ledger holds the results
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     ledger = Ledger(table, budget)
     count, stop = _callbacks(ledger)
-    search_alg, scheduler = strategy(name, space, table, seed)
-    tune_seed = sorted(table.curves)[0]
+    search_alg, scheduler = strategy(name, spaces, table, seed)
+    pausing = name.endswith("_promotion")
+    pause_at = tuple(int(r) for r in scheduler.state()["rungs"]) if pausing and hasattr(scheduler, "state") else ()
+    space = spaces[OURS.get(name, "asha")]
 
     def trial(config: dict[str, Any]) -> None:  # the table travels inside the function (kilobytes), not as
-        replay_trial(config, table, tune_seed)  # an object-store reference that each trial fetches again
+        replay_trial(config, table, tuned_on, pause_at)  # an object-store reference that each trial fetches
 
+    callbacks: list[Any] = [count]
+    if pausing:
+        from tuning.execution.schedulers import state_callbacks
+
+        callbacks += state_callbacks(scheduler)
     tuner = tune.Tuner(
         trial,
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, metric=METRIC, mode="max",
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, metric=None if space.objectives
+                                    else METRIC, mode=None if space.objectives else "max",
                                     num_samples=space.num_samples, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"{name}-{seed}", storage_path=str(storage), stop=stop, callbacks=[count],
+        run_config=tune.RunConfig(name=f"{name}-{seed}", storage_path=str(storage), stop=stop, callbacks=callbacks,
                                   verbose=0),
     )
-    with environ(REPLAY_TUNE):  # read when fit() builds its controller; put back after, for other Tuners
-        tuner.fit()
+    # a paused trial must stop at the result it paused on: no results run ahead of the driver in a buffer
+    with environ({**REPLAY_TUNE, "TUNE_RESULT_BUFFER_LENGTH": "1"} if pausing else REPLAY_TUNE):
+        tuner.fit()  # (the environment is read when fit() builds its controller; put back after, for other Tuners)
     return ledger
 
 
-def regret(table: Table, config: dict[str, Any] | None) -> float:
-    """Simple regret on the report seed's curves; with no finished trial, the worst configuration's."""
-    report = sorted(table.curves)[-1]
-    scores = [table.score(report, c) for c in table.configs()]
-    return max(scores) - (table.score(report, config) if config is not None else min(scores))
+def first_rung_epoch(table: Table) -> int:
+    """The first epoch at which two grid configurations can differ: the first of the earliest stage a param
+    acts in (the "one epoch" of train-everything-one-epoch-then-continue-the-best)."""
+    first = min(table.acting.values())
+    return sum(table.stage_epochs[:first - 1]) + 1
 
 
-def summarise(regrets: dict[str, dict[float, list[float]]]) -> dict[str, Any]:
-    """Median and IQR per strategy and budget, and the two verdicts."""
-    def stats(xs: list[float]) -> dict[str, Any]:
-        q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
-        return {"median": statistics.median(xs), "iqr": [q[0], q[2]], "regrets": xs}
+def first_rung_top_k(table: Table, space: Any, seed: int, tuned_on: str, budget: float) -> Ledger:
+    """The "train every configuration to the first rung, continue the best K" baseline, without Ray (it is a
+    fixed plan): every configuration, in an order drawn from ``seed``, is trained to :func:`first_rung_epoch`
+    (its checkpoint kept), then the configurations go on to the end best first by their value there (ties in
+    that order), as many as ``budget`` pays for: K is what the budget affords."""
+    import random
 
-    table = {s: {str(f): stats(r) for f, r in by.items()} for s, by in regrets.items()}
-    if set(regrets) != set(STRATEGIES):
-        return {"table": table}
-    fractions = sorted(next(iter(regrets.values())))
-    med = {s: {f: statistics.median(r) for f, r in by.items()} for s, by in regrets.items()}
-    target = med["tpe_fifo"][max(fractions)]
-    match = [f for f in fractions if med["ours"][f] <= target]
-    ours, asha = med["ours"], med["tpe_asha_default"]
-    beats = all(ours[f] <= asha[f] for f in fractions) and sum(ours[f] < asha[f] for f in fractions) >= 2
-    return {"budget_to_match_tpe_fifo": min(match) if match else None, "beats_default_asha_at_all_budgets": beats,
-            "table": table}
+    ledger = Ledger(table, budget)
+    configs = table.configs()
+    random.Random(seed).shuffle(configs)
+    rung = first_rung_epoch(table)
+    at_rung: list[tuple[float, int, dict[str, Any]]] = []
+    for i, config in enumerate(configs):
+        for g in range(1, rung + 1):
+            if ledger.spent >= budget:
+                return ledger
+            ledger.epoch(config, g)
+        at_rung.append((table.curves[tuned_on][table.key(config)][rung - 1], -i, config))
+    for _, _, config in sorted(at_rung, key=lambda t: (t[0], t[1]), reverse=True):
+        for g in range(rung + 1, table.total + 1):
+            if ledger.spent >= budget:
+                return ledger
+            ledger.epoch(config, g)
+        ledger.finish(config, table.score(tuned_on, config))
+    return ledger
 
 
-def replay(table: Table, seeds: int, fractions: list[float], work: Path, progress: bool = True,
-           strategies: tuple[str, ...] = STRATEGIES) -> dict[str, Any]:
-    """Each strategy, ``seeds`` searches each, at every budget fraction of B (Ray must be up). The
-    verdicts need all four strategies."""
+def replay(table: Table, searches: int, fractions: list[float], work: Path, progress: bool = True,
+           strategies: tuple[str, ...] | None = None, multi_objective: bool = True) -> dict[str, Any]:
+    """Each strategy, ``searches`` searches each (search ``i`` tuned on seed ``i`` mod the table's seeds, its
+    sampler seeded with ``i``: every strategy's search ``i`` sees the same curves, so they pair), run to the
+    largest budget fraction of B and read at every fraction and along the anytime grid (Ray must be up).
+    ``multi_objective`` (the table needs GFLOPs): MOASHA (ours) searches too, its front's hypervolume against
+    random + FIFO's (the same searches: random sampling ignores the objectives)."""
     from tqdm import tqdm
 
+    from benchmarks.replay_report import report
     from tuning.space.load import load_space
 
+    strategies = strategies or available_strategies()
     work.mkdir(parents=True, exist_ok=True)
-    space = load_space(write_space(table, work / "replay.yaml"))
+    kinds = {"asha"} | {OURS[s] for s in strategies if s in OURS}
+    spaces = {k: load_space(write_space(table, work / f"replay-{k}.yaml", k)) for k in kinds}
+    runs = list(strategies)
+    if multi_objective:
+        spaces["moasha"] = load_space(write_space(table, work / "replay-moasha.yaml", "moasha", objectives=True))
+        runs += ["moasha"] + (["random_fifo"] if "random_fifo" not in runs else [])
     full = table.full_budget()
-    regrets: dict[str, dict[float, list[float]]] = {s: {f: [] for f in fractions} for s in strategies}
-    with tqdm(total=len(strategies) * seeds, desc="replayed searches", disable=not progress) as bar:
-        for name in strategies:
-            for seed in range(seeds):
-                ledger = run_search(name, space, table, seed, max(fractions) * full, work / "ray")
-                for f in fractions:
-                    regrets[name][f].append(regret(table, ledger.incumbent(f * full)))
+    seeds = table.seeds()
+    ledgers: dict[str, list[tuple[str, Ledger]]] = {s: [] for s in runs}
+    with tqdm(total=len(runs) * searches, desc="replayed searches", disable=not progress) as bar:
+        for name in runs:
+            for i in range(searches):
+                tuned_on = seeds[i % len(seeds)]
+                if name == FIRST_RUNG:  # a fixed plan that knows its budget: one plan per budget read
+                    ledger = {f: first_rung_top_k(table, None, i, tuned_on, f * full) for f in anytime_grid(
+                        table, fractions)}
+                else:
+                    ledger = run_search(name, spaces, table, i, tuned_on, max(fractions) * full, work / "ray")
+                ledgers[name].append((tuned_on, ledger))
                 bar.update(1)
-    return {"full_budget_stage_epochs": full, "budgets": fractions, "seeds": seeds, **summarise(regrets)}
+    return {"full_budget_stage_epochs": full, "budgets": fractions, "searches": searches,
+            "strategies": list(strategies), **report(table, ledgers, fractions, list(strategies))}
 
+
+def anytime_grid(table: Table, fractions: list[float], points: int = 20) -> list[float]:
+    """The budget fractions an anytime curve is read at: ``points`` even steps up to the largest fraction,
+    and the fractions themselves."""
+    top = max(fractions)
+    return sorted({round(top * (k + 1) / points, 6) for k in range(points)} | set(fractions))
+
+
+def available_strategies() -> tuple[str, ...]:
+    """The strategies this checkout can replay: ours with promotion needs a scheduler that can pause
+    (``scheduler.type: asha_promotion``)."""
+    from tuning.space.load import SCHEDULERS
+
+    return STRATEGIES if "asha_promotion" in SCHEDULERS else tuple(s for s in STRATEGIES if s != "ours_promotion")
