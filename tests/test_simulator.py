@@ -1,13 +1,5 @@
-"""The search on Ray's autoscaling simulator (the ``fake_multinode`` node provider of Ray's own
-autoscaler tests): node types with ``min_workers: 0`` and fake ``GPU`` resources, launched on demand as
-separate raylets on this machine.
-
-Each test runs one bash script as PID 1 of its own PID namespace (``unshare --pid --fork --mount-proc``,
-root only): the cluster's ``ray stop`` sees only the namespace's processes, and whatever survives it is
-killed by the kernel when the script ends (``--kill-child`` ends the script if the test times out). Ray
-is started with its own short ``--temp-dir`` (socket paths must fit 107 bytes) and its own ports, and both
-are removed afterwards. Ray's ``AutoscalingCluster`` helper is not used: the installed wheel lacks the
-example config it reads, and it runs ``ray stop --force``, which would end every Ray on the machine.
+"""The search on Ray's autoscaling simulator (``tests/fake_cluster.py``: fake GPU worker nodes launched on
+demand as separate raylets on this machine, the cluster in its own PID namespace).
 
 Slow (minutes on 2 cores): the default run covers the same two defects faster, with the trial-resource
 decision in ``test_search.py::test_trials_ask_a_cluster_for_the_spaces_gpu_even_before_it_has_one`` and
@@ -17,86 +9,16 @@ the storage check on a local Ray in ``test_search.py::test_storage_is_checked_fr
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import free_port, write_space
-from tuning.execution import gpu_check
+from tests.conftest import write_space
+from tests.fake_cluster import autoscaler_config, cluster_ports, needs_namespaces, run_in_namespace, trial_rows
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
-                       reason="needs root and unshare for its own PID and mount namespaces"),
-]
+pytestmark = [pytest.mark.slow, needs_namespaces]
 
-PY = sys.executable
-RAY = str(Path(sys.executable).parent / "ray")
-REPO = Path(__file__).resolve().parents[1]
 UNREADY_NODE = "5e" * 28  # the Ray node id given to the node without the storage
-
-
-def autoscaler_config(port: int) -> dict:
-    """A CPU-only head and a GPU worker type that starts at zero, as in cluster.yaml (smaller)."""
-    return {
-        "cluster_name": "egosearch-sim", "max_workers": 2, "idle_timeout_minutes": 1, "upscaling_speed": 1.0,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{port}"},
-        "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
-            "gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0,
-                           "max_workers": 2},
-        },
-        "head_node_type": "ray.head.default",
-        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
-    }
-
-
-def cluster_ports() -> dict[str, int]:
-    """The head's ports, free now (other Rays on this machine use the defaults)."""
-    return {k: free_port() for k in ("PORT", "CLIENT_PORT", "DASH_PORT", "AGENT_PORT", "NODE_AGENT_PORT")}
-
-
-def run_in_namespace(script: str, cwd: Path, timeout: int, ports: dict[str, int]) -> subprocess.CompletedProcess:
-    """``script`` (bash) as PID 1 of a new PID namespace, with Ray's session in a fresh short folder;
-    the folder is removed afterwards. ``$HEAD`` in it starts the head."""
-    session = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
-    environ = {
-        **os.environ, **{k: str(v) for k, v in ports.items()}, "RAY_TMP": session, "PY": PY, "RAY": RAY,
-        "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-        gpu_check.ALLOW_FAKE_GPU_ENV: "1",  # torch sees no CUDA behind the simulator's fake GPUs
-        "RAY_DEDUP_LOGS": "0", "TQDM_DISABLE": "1",
-    }
-    head = ('"$RAY" start --head --port="$PORT" --node-ip-address=127.0.0.1 --num-cpus=1 --num-gpus=0 '
-            '--include-dashboard=false --dashboard-port="$DASH_PORT" --ray-client-server-port="$CLIENT_PORT" '
-            '--dashboard-agent-listen-port="$AGENT_PORT" --temp-dir="$RAY_TMP" --disable-usage-stats')
-    path = cwd / "cluster.sh"
-    path.write_text("set -u\ntrap '\"$RAY\" stop >/dev/null 2>&1' EXIT\n" + script.replace("$HEAD", head))
-    try:
-        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "bash", str(path)],
-                              cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout)
-    finally:
-        shutil.rmtree(session, ignore_errors=True)
-
-
-def trial_rows(results: Path) -> dict[str, list[dict]]:
-    """Every report of every trial, from Ray's result.json files in the storage."""
-    rows: dict[str, list[dict]] = {}
-    for f in results.glob("*/result.json"):
-        for line in f.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                rows.setdefault(r["trial_id"], []).append(r)
-    return rows
 
 
 def test_gpu_trials_scale_workers_from_zero_and_pack_two_per_worker(tmp_path, tiny_root):
