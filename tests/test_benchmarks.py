@@ -68,7 +68,7 @@ def test_device_benchmark_runs_in_tiny_mode(tmp_path):
     fresh machine those took 32 of the test's 65 s alone, with nothing else running)."""
     out = tmp_path / "device.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.device", "--tiny", "--backbone", "resnet18", "--skip",
-                           "data", "--compile-backend", "aot_eager", "--json", str(out)],
+                           "data", "trial", "--compile-backend", "aot_eager", "--json", str(out)],
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                           timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
