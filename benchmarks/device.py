@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--tiny", action="store_true", help="CI: 64 px, batch 2, 1 rep: checks that it runs")
     p.add_argument("--backbone", default="resnet34", choices=BACKBONES,
-                   help="model.backbone of every section (the README's figures: resnet34, the paper's)")
+                   help="model.backbone of every section (docs/benchmarks.md's figures: resnet34, the paper's)")
     p.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager"],
                    help="torch.compile backend of the compile section (aot_eager: traced and differentiated "
                         "like inductor, no kernels generated; a quick check that the model compiles)")

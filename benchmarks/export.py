@@ -1,4 +1,4 @@
-"""The README's device-cost figures, run by hand: ``python -m benchmarks.export [--reps N] [--out FILE]``.
+"""The device-cost figures of docs/benchmarks.md, run by hand: ``python -m benchmarks.export [--reps N] [--out FILE]``.
 
 For ``attention``, ``ms`` and ``feedback`` at the paper's size (224 px) with each backbone (ResNet-34,
 ResNet-18), random weights: the streaming step exported to ONNX as ``python -m egomodel.export`` does it,
@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     result = {"date": date.today().isoformat(), "machine": machine(), "threads_all": torch.get_num_threads(),
               "reps": args.reps, "image_size": 224, "load_average_before": os.getloadavg(),
-              "note": "the machine is shared with another agent's jobs: see the load averages (1, 5, 15 min)"}
+              "note": "the load averages (1, 5, 15 min) before and after: a loaded machine gives slower figures"}
     with tempfile.TemporaryDirectory() as tmp:
         result["streamed"] = streamed(args.reps, Path(tmp))
     result["not_streamed"] = not_streamed()

@@ -1,4 +1,4 @@
-"""The README's data-preparation figures, run by hand: ``python -m benchmarks.prepare [--out FILE]``.
+"""The data-preparation figures of docs/benchmarks.md, run by hand: ``python -m benchmarks.prepare [--out FILE]``.
 
 * speed: frames per second on one core (the process pinned to CPU 0, OpenCV on one thread) for TV-L1 and
   DIS, at 320x240 and at a short side of 256 (456x256, EPIC-Kitchens' 16:9), over ego-motion synthetic

@@ -1,6 +1,6 @@
 """Training clips held on the training device (``data.device_clips``): augmentation runs there.
 
-On a GPU the data loader, not the model, limits training (README, Performance): the model's stage-2
+On a GPU the data loader, not the model, limits training (docs/benchmarks.md, GPU figures): the model's stage-2
 step takes about 1,450 clips/s on an H100, while 14 loader processes deliver under 800. A clip's sampled
 frames never change between epochs, only the crop and flip do, so the training split's decoded frames
 (and motion maps) are loaded once as uint8 tensors on the device, and each batch is cropped, resized,

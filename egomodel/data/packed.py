@@ -1,7 +1,7 @@
 """Packed per-clip frame cache (``data.packed_cache``): the decoded frames a clip is read with, as one
 uint8 array on disk, written on first read and memory-mapped afterwards.
 
-Decoding PNGs is the loader's bottleneck once a GPU trains (docs/design.md §7; README, Performance): a clip's
+Decoding PNGs is the loader's bottleneck once a GPU trains (docs/design.md §7; docs/benchmarks.md): a clip's
 sampled frames are the same every epoch (only the crop and flip change), so they are decoded once,
 for every epoch, loader process and trial on the node. An entry's name hashes the source files' paths,
 sizes and modification times, so a changed file is decoded afresh; entries are written to a temporary

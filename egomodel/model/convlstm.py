@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from egomodel.config import GATE_MODES
 
 GATES = ("i", "f", "c", "o")
-# what "auto" picks on each device type: the faster mode measured there (README, Performance)
+# what "auto" picks on each device type: the faster mode measured there (docs/benchmarks.md)
 FASTER = {"cpu": "separate", "cuda": "fused"}
 
 
