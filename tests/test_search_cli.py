@@ -4,12 +4,16 @@ model, the study's objective names for optuna-dashboard, and the champion logged
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from egomodel.config import from_dict, parse_overrides
-from tuning.space import load_space
+from tuning.space import list_spaces, load_space
 from tuning.space.errors import SpaceError
 from tuning.space.rungs import resolve_rungs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("space_name, names", [("smoke", ["val_top1"]), ("wearable", ["val_top1", "gflops"])])
@@ -40,6 +44,16 @@ def test_set_changes_the_spaces_base_and_its_own_settings():
     # the changed space is validated as a whole: its auto rungs follow the shorter schedule
     cfg = from_dict({}, space.base)
     assert resolve_rungs(space, cfg) != resolve_rungs(plain, from_dict({}, plain.base))
+
+
+def test_set_scheduler_type_drops_the_spaces_fields_the_new_scheduler_does_not_take():
+    """ASHA's rungs and reduction factor go with --set scheduler.type=fifo (the advice a too-short schedule's
+    error gives); a field given by --set itself is still checked against the new type."""
+    assert load_space("ablation", parse_overrides(["scheduler.type=fifo"])).scheduler.type == "fifo"
+    space = load_space("ablation", parse_overrides(["scheduler.type=moasha", "scheduler.reduction_factor=3"]))
+    assert space.scheduler.type == "moasha" and space.scheduler.reduction_factor == 3
+    with pytest.raises(SpaceError, match=r"scheduler\.rungs: unknown field for the fifo scheduler"):
+        load_space("ablation", parse_overrides(["scheduler.type=fifo", "scheduler.rungs=auto"]))
 
 
 @pytest.mark.parametrize("item, message", [
@@ -82,3 +96,51 @@ def test_resume_needs_the_same_set(tmp_path):
                                                  r"train\.epochs_scale: 0\.1 -> 0\.2"):
         search.check_same_overrides(path, started, {"train.epochs_scale": 0.2})
     search.check_same_overrides(path, {"data_fingerprint": "f"}, {})  # a search from before --set: none
+
+
+# ------------------------------------------------------------------------------------------- --dry-run
+@pytest.mark.parametrize("space_name", list_spaces())
+def test_a_dry_run_of_each_shipped_space_prints_the_plan_and_starts_nothing(space_name, tmp_path, monkeypatch,
+                                                                           capsys):
+    import ray
+
+    from tuning import search
+
+    monkeypatch.chdir(tmp_path)
+    space = load_space(space_name)
+    assert search.main(["--space", space_name, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"trials: {space.num_samples}; at most {space.max_concurrent} at once" in out
+    if space.scheduler.type == "fifo":
+        assert "scheduler: fifo" in out
+    else:
+        rungs = resolve_rungs(space, from_dict({}, space.base))
+        assert f"rungs at global epochs {', '.join(map(str, rungs))}" in out
+    assert f"resources per trial: cpu {space.resources['cpu']:g}, gpu {space.resources['gpu']:g}" in out
+    assert "stage store: " in out and "GPU-hours (estimate): " in out
+    assert "benchmarks/results/device_h100.json" in out  # the figures it assumes, and where they come from
+    assert not ray.is_initialized() and list(tmp_path.iterdir()) == []
+
+
+def test_a_dry_run_packs_trials_on_the_cluster_files_node_types_with_the_set_applied(tmp_path, monkeypatch, capsys):
+    from tuning import search
+
+    monkeypatch.chdir(tmp_path)
+    assert search.main(["--space", "ablation", "--set", "resources.gpu=0.25", "--set", "resources.cpu=2",
+                        "--set", "train.epochs_scale=0.1", "--dry-run", "--cluster", str(REPO / "cluster.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "resources per trial: cpu 2, gpu 0.25" in out
+    assert "gpu_worker (CPU 8, GPU 1): 4 trials at once" in out  # 8 CPUs / 2, 1 GPU / 0.25
+    assert "head_cpu (CPU 8, GPU 0): 0 trials at once, by gpu (cannot run a trial)" in out
+    assert "feedback: stages 30 + 15 + 20 = 65 epochs" in out  # train.epochs_scale 0.1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stage1_prefixes_follow_the_categorical_choices_read_in_stage_1():
+    from tuning.dry_run import stage1_prefixes
+
+    table3 = load_space("table3")  # 8 rows x 3 seeds; the seed and the variant act in stage 1
+    n, acting = stage1_prefixes(table3, from_dict({}, table3.base))
+    assert set(acting) == {"model.variant", "train.seed"} and n < 8 * 3
+    smoke = load_space("smoke")  # alpha, tau and stage 3's lr act from stage 2: one shared stage 1
+    assert stage1_prefixes(smoke, from_dict({}, smoke.base)) == (1, [])

@@ -106,6 +106,12 @@ def parser() -> argparse.ArgumentParser:
                         "search starts")
     p.add_argument("--no-stage-store", action="store_true",
                    help="compute every trial's stages itself (default: share identical stage prefixes)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what the search would do (trials, rungs, resources and packing, stage reuse, an "
+                        "estimate of GPU-hours) and stop: no Ray, nothing written")
+    p.add_argument("--cluster", default=None, metavar="FILE",
+                   help="with --dry-run: the Ray cluster file whose node types the trials are packed on "
+                        "(default: this machine)")
     return p
 
 
@@ -258,6 +264,13 @@ def run(args: argparse.Namespace) -> int:
             raise SearchError(f"{flag} {value!r}: use letters, digits, '.', '_' and '-' (it names a folder, "
                               "an MLflow experiment and a registered model)")
     seed = space.seed if args.seed is None else args.seed
+    if args.cluster and not args.dry_run:
+        raise SearchError("--cluster FILE is read by --dry-run only (a search runs on --address)")
+    if args.dry_run:
+        from tuning.dry_run import report
+
+        print(report(space, args.num_samples, args.max_concurrent, args.cluster, not args.no_stage_store))
+        return 0
     if args.data is None:
         print("no --data given: using the built-in synthetic data set (generated once, cached)")
     data_root = str(resolve_root(args.data or "synthetic").resolve())
