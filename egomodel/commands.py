@@ -14,6 +14,7 @@ COMMANDS = {
     "prepare": ("egomodel.prepare", "raw videos to the GTEA61 layout, with warp flow and motion maps"),
     "export": ("egomodel.export", "a checkpoint as a streaming ONNX step, checked in ONNX Runtime"),
     "visualize": ("egomodel.visualize", "a checkpoint's pictures: curves, attention maps, beta/gamma maps"),
+    "cost": ("egomodel.cost", "a configuration's forward GFLOPs and parameters per clip"),
     "weights": ("egomodel.weights", "fetch or check the backbone's ImageNet weights"),
 }
 
