@@ -50,8 +50,10 @@ def test_set_scheduler_type_drops_the_spaces_fields_the_new_scheduler_does_not_t
     """ASHA's rungs and reduction factor go with --set scheduler.type=fifo (the advice a too-short schedule's
     error gives); a field given by --set itself is still checked against the new type."""
     assert load_space("ablation", parse_overrides(["scheduler.type=fifo"])).scheduler.type == "fifo"
-    space = load_space("ablation", parse_overrides(["scheduler.type=moasha", "scheduler.reduction_factor=3"]))
-    assert space.scheduler.type == "moasha" and space.scheduler.reduction_factor == 3
+    plain = load_space("ablation").scheduler
+    space = load_space("ablation", parse_overrides(["scheduler.type=asha_promotion", "scheduler.reduction_factor=3"]))
+    assert (space.scheduler.type, space.scheduler.reduction_factor) == ("asha_promotion", 3)
+    assert space.scheduler.rungs == plain.rungs  # a field both types take is kept
     with pytest.raises(SpaceError, match=r"scheduler\.rungs: unknown field for the fifo scheduler"):
         load_space("ablation", parse_overrides(["scheduler.type=fifo", "scheduler.rungs=auto"]))
 
@@ -144,3 +146,93 @@ def test_stage1_prefixes_follow_the_categorical_choices_read_in_stage_1():
     assert set(acting) == {"model.variant", "train.seed"} and n < 8 * 3
     smoke = load_space("smoke")  # alpha, tau and stage 3's lr act from stage 2: one shared stage 1
     assert stage1_prefixes(smoke, from_dict({}, smoke.base)) == (1, [])
+
+
+# ---------------------------------------------------------------------------- where results go; a re-run
+def test_results_go_to_one_folder_this_one_or_the_workdir(tmp_path, monkeypatch):
+    from tuning.execution.study import storage_uri
+    from tuning.results import results_line
+    from tuning.tracking.mlflow_runs import artifact_root, tracking_uri, workdir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("EGOSEARCH_WORKDIR", raising=False)
+
+    def line(work: str | None = None) -> str:
+        uri = tracking_uri(None, work)
+        return results_line(uri, artifact_root(uri, None), storage_uri(None, uri), str(workdir(work) / "ray_results"))
+
+    assert line() == "Results: ./mlflow.db, ./mlartifacts, ./optuna.db, ./ray_results"
+    assert line("runs") == "Results: ./runs/mlflow.db, ./runs/mlartifacts, ./runs/optuna.db, ./runs/ray_results"
+    monkeypatch.setenv("EGOSEARCH_WORKDIR", str(tmp_path / "env"))  # retrain, export and report read it too
+    assert tracking_uri(None) == f"sqlite:///{tmp_path / 'env' / 'mlflow.db'}"
+    assert storage_uri(None) == f"sqlite:///{tmp_path / 'env' / 'optuna.db'}"
+    assert line("runs").startswith("Results: ./runs/mlflow.db")  # --workdir over the variable
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")  # MLflow's own variable wins
+    assert tracking_uri(None, "runs") == "http://mlflow.example:5000"
+    assert tracking_uri("sqlite:///x.db", "runs") == "sqlite:///x.db"  # and --tracking-uri over everything
+
+
+def test_a_rerun_under_a_taken_name_says_what_to_type(tmp_path, monkeypatch, tiny_root, capsys):
+    import optuna
+    import ray
+
+    from tuning import search
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "w").mkdir()
+    for taken in ("smoke", "smoke-2"):  # earlier searches' studies, as a search leaves them
+        optuna.create_study(study_name=taken, storage=f"sqlite:///{tmp_path / 'w' / 'optuna.db'}")
+    argv = ["--space", "smoke", "--data", str(tiny_root), "--workdir", "w"]
+    assert search.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "Results: ./w/mlflow.db, ./w/mlartifacts, ./w/optuna.db, ./w/ray_results" in out
+    assert f"an Optuna study named 'smoke' already exists in sqlite:///{tmp_path / 'w' / 'optuna.db'}; nothing " \
+        "was started" in err
+    assert f"continue it:        python -m tuning.search --space smoke --data {tiny_root} --workdir w --resume" in err
+    assert f"start a fresh one:  python -m tuning.search --space smoke --data {tiny_root} --workdir w " \
+           "--experiment smoke-3" in err
+    assert not ray.is_initialized() and not (tmp_path / "w" / "ray_results" / "smoke").exists()
+
+
+def test_next_free_name_counts_on_from_the_name_given():
+    from tuning.results import next_free
+
+    taken = {"smoke", "smoke-2", "smoke-3"}
+    assert next_free("smoke", taken.__contains__) == "smoke-4"
+    assert next_free("smoke-2", taken.__contains__) == "smoke-4"
+    assert next_free("ablation", taken.__contains__) == "ablation-2"
+
+
+# ---------------------------------------------------------------------------------- the best model, MLflow's way
+def test_the_parent_run_says_which_column_ranks_the_trials_and_links_the_best(tmp_path):
+    import mlflow
+
+    from tuning.results import search_runs_line
+    from tuning.tracking.mlflow_runs import NOTE_TAG, parent_note, parent_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    space = load_space("smoke")
+    parent = parent_run(client, "smoke", str(tmp_path / "ray"), space, "fp", False,
+                        artifacts=str(tmp_path / "art"))
+    note = client.get_run(parent).data.tags[NOTE_TAG]
+    assert "**`best_val_top1`**" in note and "Best trial" not in note
+    exp = client.get_run(parent).info.experiment_id
+    scores = {}
+    for top1 in (0.4, 0.9, 0.6):  # trials as the callback logs them: best_val_top1 when finished
+        child = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
+        client.log_metric(child, "best_val_top1", top1, step=7)
+        client.log_metric(child, "val_top1", 1 - top1, step=7)  # the last epoch's: not the ranking column
+        scores[child] = top1
+    best = max(scores, key=scores.get)
+    note = parent_note(space, exp, best)
+    assert f"[{best}](#/experiments/{exp}/runs/{best})" in note
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        ranked = eval(search_runs_line("smoke"), {"mlflow": mlflow})  # the line the search prints, as typed
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert list(ranked["run_id"][:3]) == sorted(scores, key=scores.get, reverse=True)

@@ -39,6 +39,13 @@ def split(data: Any, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             if (head in _SECTIONS) != bool(field):
                 form = f"{head}.FIELD" if head in _SECTIONS else head
                 raise SpaceError(f"--set {key}: expected {form}=VALUE")
+            if head == "scheduler" and field == "type":
+                # another type: the space's fields of its own scheduler go (fifo takes no rungs), those set here stay
+                from tuning.space.load import _SCHEDULER_FIELDS as takes  # it imports this module
+
+                kept = {f: v for f, v in fields.mapping(head, data.get(head) or {}, "").items()
+                        if f in takes.get(value, ()) or f"scheduler.{f}" in overrides}
+                data[head] = kept
             if field:
                 section = data.get(head) or {}
                 data[head] = {**fields.mapping(head, section, ""), field: value}
