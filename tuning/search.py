@@ -28,6 +28,7 @@ from tuning.execution.study import (
     WARM_TAG,
     StudyError,
     check_new_study,
+    has_study,
     open_storage,
     record_study,
     redact,
@@ -35,6 +36,7 @@ from tuning.execution.study import (
     study_record,
     warm_trials,
 )
+from tuning.results import next_free, rerun_refusal, results_line
 from tuning.space.errors import SpaceError
 from tuning.space.load import load_space
 from tuning.space.overrides import OVERRIDES_PARAM
@@ -52,6 +54,7 @@ from tuning.tracking.mlflow_runs import (
     experiment_id,
     find_parent,
     parent_run,
+    workdir,
 )
 from tuning.tracking.mlflow_runs import tracking_uri as resolve_tracking_uri
 from tuning.tracking.pareto import ParetoError, champion_rule, pick_from_front
@@ -78,7 +81,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=None, help="trials (default: the space's num_samples)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: the space's)")
     p.add_argument("--address", default=None, help="Ray cluster: auto, ray://HOST:10001; default: start a local one")
-    p.add_argument("--storage", default=None, help="Ray storage path or URI (s3://...); default ./ray_results")
+    p.add_argument("--storage", default=None,
+                   help="Ray storage path or URI (s3://...); default: ray_results in the work folder")
+    p.add_argument("--workdir", default=None, metavar="DIR",
+                   help="the folder of the default stores: mlflow.db, mlartifacts, optuna.db, ray_results (default: "
+                        "$EGOSEARCH_WORKDIR, else this folder); --tracking-uri, --storage, --optuna-storage win")
     p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     p.add_argument("--experiment", default=None, help="MLflow experiment and Ray run name (default: space name)")
     p.add_argument("--model-name", default=None, help="registered model name (default: egosearch-EXPERIMENT)")
@@ -247,7 +254,8 @@ def pick_best(results: Any, space: SearchSpace) -> Any | None:
     return max(done, key=lambda r: sign * float(r.metrics[space.metric]))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)  # the command as typed: what to type next repeats it
     _positive("--num-samples", args.num_samples)
     _positive("--max-concurrent", args.max_concurrent)
     if args.seed is not None and not 0 <= args.seed < 2**32:
@@ -282,14 +290,14 @@ def run(args: argparse.Namespace) -> int:
     data_cfg = dataclasses.replace(cfg.data, frames=max(frames)) if frames else cfg.data
     bundle = load_bundle(data_cfg, cfg.train.seed, need_mmaps=bool(variants & {"ms", "feedback"}),
                          need_flow=bool(variants & {"flow", "two_stream"}))
-    storage = args.storage or "ray_results"
+    storage = args.storage or str(workdir(args.workdir) / "ray_results")
     if "://" not in storage:  # Ray and pyarrow need absolute local paths
         storage = str(Path(storage).expanduser().resolve())
     elif storage.split("://", 1)[0] not in STORAGE_SCHEMES:
         raise SearchError(f"--storage {storage}: unknown scheme; give a path, s3://BUCKET/..., gs://BUCKET/... "
                           "or another pyarrow filesystem URI")
     name = args.experiment or space.name
-    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, args.workdir)
     client = check_reachable(tracking_uri)
     artifacts = artifact_root(tracking_uri, args.artifact_root)
     if args.artifact_root and client.get_experiment_by_name(name):  # it keeps its artifacts elsewhere: refused
@@ -307,18 +315,26 @@ def run(args: argparse.Namespace) -> int:
     from tuning.tracking.callback import MlflowCallback
 
     path = storage.rstrip("/") + "/" + name
-    try:
-        exists = tune.Tuner.can_restore(path)
-    except (OSError, ValueError) as e:  # pyarrow: a malformed URI, a bucket that cannot be reached
-        raise SearchError(f"--storage {storage}: cannot be read: {e}") from None
+
+    def saved(n: str) -> bool:
+        try:
+            return tune.Tuner.can_restore(storage.rstrip("/") + "/" + n)
+        except (OSError, ValueError) as e:  # pyarrow: a malformed URI, a bucket that cannot be reached
+            raise SearchError(f"--storage {storage}: cannot be read: {e}") from None
+
+    exists = saved(name)
     if args.resume and not exists:
         raise SearchError(f"--resume: nothing to resume at {path} (no search named {name!r} there)")
-    if not args.resume and exists:
-        raise SearchError(f"a search already exists at {path}: add --resume to continue it, "
-                          "or pass another --experiment name")
     study_uri = study_storage(args, name, tracking_uri)
+    print(results_line(tracking_uri, artifacts, study_uri, storage))
     print(f"Optuna study {name!r} in {redact(study_uri)}")
     optuna_storage = open_storage(study_uri)
+    if not args.resume and (exists or has_study(optuna_storage, name)):  # say what to type next
+        found = f"a search named {name!r} already exists at {path}" if exists else \
+            f"an Optuna study named {name!r} already exists in {redact(study_uri)}"
+        fresh = next_free(name, lambda n: saved(n) or has_study(optuna_storage, n)
+                          or client.get_experiment_by_name(n) is not None)
+        raise SearchError(rerun_refusal(argv, found, fresh))
     check_new_study(optuna_storage, study_uri, name, args.resume)
     record = study_record(space, [s.epochs for s in stage_plan(cfg.model.variant, cfg.train)],
                           cfg.train.epochs_scale, data_root, bundle.fingerprint)
@@ -402,8 +418,9 @@ def run(args: argparse.Namespace) -> int:
 
 def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: str,
            args: argparse.Namespace, tracking_uri: str) -> int:
+    from tuning.results import search_runs_line
     from tuning.tracking.champion import register
-    from tuning.tracking.mlflow_runs import log_search_summary
+    from tuning.tracking.mlflow_runs import NOTE_TAG, SORT_METRIC, log_search_summary, parent_note
     from tuning.tracking.tags import TRIAL_TAG
 
     # every trial's writes delivered (else a clean, resumable stop), then Optuna's plots and trials.csv
@@ -429,7 +446,9 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
         from tuning.export import export_at_registration
 
         export_at_registration(client, run_id, args.data)
-    for k, v in {"best_trial_id": trial_id, "best_run_id": run_id, "champion": uri}.items():
+    exp_id = client.get_run(parent_id).info.experiment_id
+    for k, v in {"best_trial_id": trial_id, "best_run_id": run_id, "champion": uri,
+                 NOTE_TAG: parent_note(space, exp_id, run_id)}.items():
         client.set_tag(parent_id, k, v)
     client.log_metric(parent_id, f"best_{space.metric}", float(best.metrics[space.metric]))
     if space.evaluate_test:  # a reproduction such as table3: its table beside the paper's figures
@@ -448,6 +467,8 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     ui = tracking_uri if not tracking_uri.startswith("http") else None
     print("\nnext:")
     print(f"  mlflow ui --backend-store-uri {ui}" if ui else f"  open {tracking_uri} in a browser")
+    print(f"  (in the UI: experiment {name}, sort by {SORT_METRIC}; in Python, the trials best first:)\n"
+          f"  {search_runs_line(name)}")
     scale = float(params.get("train.epochs_scale", 1.0))  # the search's schedule; retrain's default is the full one
     print(f"  python -m tuning.retrain --run-id {run_id} --tracking-uri {tracking_uri}"
           + (f" --data {args.data}" if args.data else "") + (f" --epochs-scale {scale:g}" if scale != 1.0 else ""))
@@ -460,7 +481,7 @@ USER_ERRORS = (SpaceError, SearchError, StudyError, TrackingError, ConfigError, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(lambda a: run(parser().parse_args(a)), argv, USER_ERRORS)
+    return run_cli(lambda a: run(parser().parse_args(a), a), argv, USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tuning.space.checks import is_active
 from tuning.space.sampling import optuna_name
 from tuning.space.types import SearchSpace
+from tuning.tracking.mlflow_runs import tracking_uri as default_tracking_uri
+from tuning.tracking.mlflow_runs import workdir
 
 DEFAULT_STORAGE = "optuna.db"  # beside a SQLite mlflow.db (the working folder's by default)
 SERVER_STORAGE = "~/mlflow/optuna.db"  # with a tracking server: where the cluster files keep MLflow's database
@@ -50,12 +52,13 @@ def default_storage(tracking_uri: str) -> str:
     """The study's storage when ``--optuna-storage`` is not given, from the MLflow tracking URI: beside a
     SQLite store (``sqlite:///DIR/mlflow.db`` -> ``sqlite:///DIR/optuna.db``); with an ``http(s)`` tracking
     server, ``~/mlflow/optuna.db`` where the driver runs (on the cluster files' heads, beside the server's
-    ``mlflow.db``); any other store (a database MLflow talks to directly): ``optuna.db`` in the working folder."""
+    ``mlflow.db``); any other store (a database MLflow talks to directly): ``optuna.db`` in the work folder
+    (``$EGOSEARCH_WORKDIR``, else the working folder)."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"sqlite:///{SERVER_STORAGE}"
     path = tracking_uri[len("sqlite:///"):].split("?", 1)[0] if tracking_uri.startswith("sqlite:///") else ""
     if path in ("", ":memory:"):
-        return f"sqlite:///{DEFAULT_STORAGE}"
+        return f"sqlite:///{workdir() / DEFAULT_STORAGE}"
     return f"sqlite:///{path.rsplit('/', 1)[0] + '/' if '/' in path else ''}{DEFAULT_STORAGE}"
 
 
@@ -63,7 +66,7 @@ def storage_uri(given: str | None, tracking_uri: str | None = None) -> str:
     """``--optuna-storage`` as a URI with an absolute SQLite path (the search's files move with the
     working folder; a restored searcher reconnects by this URI). Default: :func:`default_storage` of
     ``tracking_uri`` (``optuna.db`` here when that is None), its folder made when missing."""
-    uri = given or default_storage(tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}")
+    uri = given or default_storage(tracking_uri or default_tracking_uri(None))
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).expanduser().resolve()}"
     if given is None and uri.startswith("sqlite:///"):

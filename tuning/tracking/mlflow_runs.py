@@ -34,14 +34,23 @@ class TrackingError(RuntimeError):
     pass
 
 
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown)
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable, read by its client and its CLI
-TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder)"
+WORKDIR_ENV = "EGOSEARCH_WORKDIR"  # where the default stores live (mlflow.db, mlartifacts, optuna.db, ray_results)
+TRACKING_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in $EGOSEARCH_WORKDIR "
+                 "or this folder)")
 
 
-def tracking_uri(given: str | None) -> str:
+def workdir(given: str | None = None) -> Path:
+    """The folder of the default stores: ``--workdir`` when given, else ``$EGOSEARCH_WORKDIR``, else this one."""
+    return Path(given or os.environ.get(WORKDIR_ENV) or ".").expanduser().resolve()
+
+
+def tracking_uri(given: str | None, work: str | None = None) -> str:
     """The store a command talks to, chosen as MLflow's own tools choose it: ``--tracking-uri`` when
-    given, else ``$MLFLOW_TRACKING_URI``, else a SQLite ``mlflow.db`` in the working folder."""
-    return given or os.environ.get(TRACKING_ENV) or f"sqlite:///{Path('mlflow.db').resolve()}"
+    given, else ``$MLFLOW_TRACKING_URI``, else a SQLite ``mlflow.db`` in :func:`workdir` (``--workdir``
+    ``work``, ``$EGOSEARCH_WORKDIR`` or the working folder)."""
+    return given or os.environ.get(TRACKING_ENV) or f"sqlite:///{workdir(work) / 'mlflow.db'}"
 
 
 def git_revision() -> str:
@@ -142,6 +151,29 @@ def find_parent(client: MlflowClient, experiment: str, ray_path: str) -> Any | N
     return found[0] if found else None
 
 
+SORT_METRIC = "best_val_top1"  # on each finished trial's run: the validation top-1 of the weights it kept
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI, relative to the UI's address (as a run's description renders it)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def parent_note(space: SearchSpace, experiment_id: str, best_run_id: str | None = None) -> str:
+    """The parent run's description (Markdown, ``mlflow.note.content``): the space's first line, which column
+    ranks the trials, and a link to the best trial's run once the search has one."""
+    note = [space.text.split("\n", 1)[0].lstrip("# ").strip() or f"search of the space {space.name}", "",
+            f"Sort the child runs (the trials) by **`{SORT_METRIC}`**, highest first: a finished trial's "
+            "validation top-1 of the weights it kept, the ones a champion is made of (its last epoch's `val_top1` "
+            "can be lower; a trial the scheduler stopped has none)."]
+    if space.objectives:
+        note[-1] += (" This search has objectives (" + ", ".join(f"`{n}` {m}" for n, m in space.objectives)
+                     + "): its champion is picked from their Pareto front.")
+    if best_run_id:
+        note += ["", f"Best trial: [{best_run_id}]({run_link(experiment_id, best_run_id)})"]
+    return "\n".join(note)
+
+
 def parent_run(
     client: MlflowClient, experiment: str, ray_path: str, space: SearchSpace, fingerprint: str, resume: bool,
     data_root: str = "", artifacts: str | None = None, params: dict[str, Any] | None = None,
@@ -158,7 +190,7 @@ def parent_run(
     run = client.create_run(exp_id, run_name=f"search-{space.name}", tags={
         PARENT_TAG: ray_path, "git_revision": git_revision(), "data_fingerprint": fingerprint,
         **({"data_root": data_root} if data_root else {}),
-        "space": space.name, "mlflow.note.content": space.text.split("\n", 1)[0],
+        "space": space.name, NOTE_TAG: parent_note(space, exp_id),
     })
     rid = run.info.run_id
     client.log_text(rid, space.text, f"space/{space.path.name}")
