@@ -236,3 +236,54 @@ def test_the_parent_run_says_which_column_ranks_the_trials_and_links_the_best(tm
     finally:
         mlflow.set_tracking_uri(before)
     assert list(ranked["run_id"][:3]) == sorted(scores, key=scores.get, reverse=True)
+
+
+# ------------------------------------------------------------------------------------------------ the champion
+REGISTER = """
+import sys
+from pathlib import Path
+
+import mlflow
+
+from tests.test_export import _checkpoint
+from tuning.tracking.champion import register
+
+tmp, root = Path(sys.argv[1]), Path(sys.argv[2])
+client = mlflow.MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+run = client.create_run(client.create_experiment("served", artifact_location=str(tmp / "artifacts")))
+print("MODEL", register(client, run.info.run_id, _checkpoint(tmp, root, "attention"), "served"))
+"""
+
+
+def test_a_champion_is_logged_as_model_code_without_warnings_and_predicts(tmp_path, tiny_root):
+    import subprocess
+    import sys
+
+    import mlflow
+    import numpy as np
+    import torch
+
+    from egomodel.data.transforms import normalize_frames
+    from egomodel.model.checkpoint import load_model
+    from tests.conftest import env
+
+    proc = subprocess.run([sys.executable, "-c", REGISTER, str(tmp_path), str(tiny_root)], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    said = proc.stdout + proc.stderr  # what a user registering a champion reads
+    assert proc.returncode == 0, said[-3000:]
+    assert "type hint" not in said.lower() and "cloudpickle" not in said.lower(), said[-3000:]
+    model_uri = said.split("MODEL ", 1)[1].split()[0]
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        flavor = mlflow.models.get_model_info(model_uri).flavors["python_function"]
+        assert flavor["model_code_path"].endswith("champion_model.py") and "python_model" not in flavor
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+        raw = np.random.default_rng(1).integers(0, 256, (2, 3, 3, 64, 64), dtype=np.uint8)
+        got = pyfunc.predict(raw.astype(np.float32))
+    finally:
+        mlflow.set_tracking_uri(before)
+    model, _, classes = load_model(tmp_path / "attention.pt")
+    with torch.no_grad():
+        expected = torch.softmax(model(normalize_frames(torch.from_numpy(raw))).logits.float(), dim=1).numpy()
+    assert got.shape == (2, len(classes)) and np.allclose(got, expected, atol=1e-5)

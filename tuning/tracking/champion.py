@@ -19,11 +19,12 @@ from typing import Any
 import mlflow
 import numpy as np
 from mlflow.models import ModelSignature
-from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
 ALIAS = "champion"
 _REPO = Path(__file__).resolve().parents[2]  # the checkout: egomodel/ and tuning/ go with the model
+MODEL_CODE = Path(__file__).with_name("champion_model.py")  # logged as the model's code (models-from-code)
 NORMALIZED_RANGE = 3.0  # ImageNet-normalised pixels lie within about [-2.12, 2.64]
 
 
@@ -33,7 +34,11 @@ class EgoRNNModel(PythonModel):
 
         self.model, self.cfg, self.classes = load_model(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 - mlflow reads these hints
+    def predict(self, context: PythonModelContext | None, model_input: np.ndarray,
+                params: dict[str, Any] | None = None) -> np.ndarray:
+        """Class probabilities of clips: ``model_input`` holds the frames, or for flow and two-stream models
+        a dict of arrays by input name (MLflow passes what the signature names; the hint says the common
+        case and keeps MLflow's own validation, by the signature, in charge)."""
         import torch
 
         keys = self.model.input_keys
@@ -118,7 +123,7 @@ def _log_and_register(client: mlflow.MlflowClient, run_id: str, checkpoint: Path
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=EgoRNNModel(),
+            python_model=str(MODEL_CODE),
             artifacts={"checkpoint": str(checkpoint)},
             code_paths=[str(_REPO / "egomodel"), str(_REPO / "tuning")],
             metadata={"classes": classes},
