@@ -63,6 +63,12 @@ def rerun_refusal(argv: list[str], found: str, fresh: str) -> str:
 
 
 def search_runs_line(experiment: str) -> str:
-    """One line of Python that lists the search's trials, best first."""
-    return (f"mlflow.search_runs(experiment_names=[{experiment!r}], "
+    """One line of Python that lists the search's trials (its parent run left out), best first."""
+    return (f"mlflow.search_runs(experiment_names=[{experiment!r}], filter_string=\"tags.mlflow.parentRunId != ''\", "
             f"order_by=[\"metrics.{SORT_METRIC} DESC\"])")
+
+
+def best_model_lines(experiment: str, tracking_uri: str) -> list[str]:
+    """Where to find the best trial after a search: the UI's column, and the same in Python."""
+    return [f"  in the MLflow UI: experiment {experiment}, sort by {SORT_METRIC}; in Python, the trials best first:",
+            f"    mlflow.set_tracking_uri({tracking_uri!r})", f"    {search_runs_line(experiment)}"]

@@ -418,9 +418,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: str,
            args: argparse.Namespace, tracking_uri: str) -> int:
-    from tuning.results import search_runs_line
+    from tuning.results import best_model_lines
     from tuning.tracking.champion import register
-    from tuning.tracking.mlflow_runs import NOTE_TAG, SORT_METRIC, log_search_summary, parent_note
+    from tuning.tracking.mlflow_runs import NOTE_TAG, log_search_summary, parent_note
     from tuning.tracking.tags import TRIAL_TAG
 
     # every trial's writes delivered (else a clean, resumable stop), then Optuna's plots and trials.csv
@@ -467,8 +467,7 @@ def finish(results: Any, space: SearchSpace, client: Any, parent_id: str, name: 
     ui = tracking_uri if not tracking_uri.startswith("http") else None
     print("\nnext:")
     print(f"  mlflow ui --backend-store-uri {ui}" if ui else f"  open {tracking_uri} in a browser")
-    print(f"  (in the UI: experiment {name}, sort by {SORT_METRIC}; in Python, the trials best first:)\n"
-          f"  {search_runs_line(name)}")
+    print("\n".join(best_model_lines(name, tracking_uri)))
     scale = float(params.get("train.epochs_scale", 1.0))  # the search's schedule; retrain's default is the full one
     print(f"  python -m tuning.retrain --run-id {run_id} --tracking-uri {tracking_uri}"
           + (f" --data {args.data}" if args.data else "") + (f" --epochs-scale {scale:g}" if scale != 1.0 else ""))
