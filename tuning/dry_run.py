@@ -178,6 +178,11 @@ def asha_fraction(space: SearchSpace, cfg: Config, total: int) -> float:
     return share / total
 
 
+def _hours(seconds: float) -> str:
+    h = seconds / 3600
+    return f"{h:.1f}" if h >= 1 else f"{h:.2f}" if h >= 0.01 else "< 0.01"
+
+
 def estimate_lines(space: SearchSpace, cfg: Config, trials: int, device_json: Path = DEVICE_JSON) -> list[str]:
     figures = _device_figures(device_json)
     clips = train_clips(cfg)
@@ -194,11 +199,11 @@ def estimate_lines(space: SearchSpace, cfg: Config, trials: int, device_json: Pa
         f"{figures['stage3_step_s']:.4f} s at batch {figures['batch']} x {figures['frames']} frames x " \
         f"{figures['size']} px, scaled to each stage's batch, frames and image size, over 1 - the data-wait " \
         "fraction measured in each stage of its short training run (short_training_stageN_data_wait)"
-    per_trial = f"{mean_full / 3600:.2f} h per trial, mean over {len(full)} variant{'s' if len(full) != 1 else ''}"
+    per_trial = f"{_hours(mean_full)} h per trial, mean over {len(full)} variant{'s' if len(full) != 1 else ''}"
     stopping = "" if space.scheduler.type == "fifo" else \
-        f"{trials * mean_exp / 3600:.1f} with the scheduler stopping trials at its rungs, "
+        f"{_hours(trials * mean_exp)} with the scheduler stopping trials at its rungs, "
     return [
-        f"GPU-hours (estimate): {stopping}{trials * mean_full / 3600:.1f} if every trial runs its full schedule "
+        f"GPU-hours (estimate): {stopping}{_hours(trials * mean_full)} if every trial runs its full schedule "
         f"({per_trial})",
         f"  assumes: {trial} from {device_json.relative_to(REPO) if device_json.is_relative_to(REPO) else device_json}"
         f" ({figures.get('device', 'device not recorded')}); {clips} training clips per epoch (GTEA61's "
