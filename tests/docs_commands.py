@@ -375,12 +375,16 @@ def parse_error(module: str, args: list[str]) -> str | None:
 def check_command(cmd: DocCommand) -> str | None:
     """A failure line naming the doc's file:line and the command, or None when it parses. Unknown values
     (expansions, ALL-CAPS placeholders) are tried as ``1``, then ``X``."""
-    if cmd.inline and not cmd.args:  # a bare `python -m X` in prose names the command: it must exist
+    module, args = cmd.module, cmd.args
+    sub = _dispatcher_commands(module) if len(args) == 1 else None
+    if cmd.inline and sub and args[0].text in sub:  # a bare `egomodel train` in prose: that command must exist
+        module, args = sub[args[0].text][0], ()
+    if cmd.inline and not args:  # a bare `python -m X` in prose names the command: it must exist
         try:
-            importlib.import_module(cmd.module)
+            importlib.import_module(module)
             return None
         except Exception as e:  # noqa: BLE001
-            return f"{cmd.where}: `{cmd.text}`: cannot import {cmd.module}: {type(e).__name__}: {e}"
+            return f"{cmd.where}: `{cmd.text}`: cannot import {module}: {type(e).__name__}: {e}"
     errors = []
     for value in ("1", "X"):
         args = [value if w.opaque or PLACEHOLDER.match(w.text) else w.text for w in cmd.args]

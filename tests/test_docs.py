@@ -23,9 +23,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # Mistakes the README makes today, left for its rewrite (issue 25): the command as the README gives it.
 # Once a line is fixed or gone, its entry here fails the test: delete it then.
-README_KNOWN = {
-    "python -m benchmarks.run --quick": "benchmarks.run requires --json",
-}
+README_KNOWN: dict[str, str] = {}  # README command lines known to be wrong, each with why (none today)
 
 
 def _failures(doc: Path) -> list[str]:
