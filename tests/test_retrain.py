@@ -165,3 +165,28 @@ def test_the_documented_cluster_command_parses():
     words = shlex.split(found[0].replace("\\\n", " "))
     args = parser().parse_args(words[3:])
     assert args.champion and args.seeds == 3 and args.address == "auto" and args.data == "/data/GTEA61"
+
+
+def test_seed_resources_are_the_searched_spaces_with_its_set_applied(tmp_path):
+    """A search run with `--set resources.cpu=1 --set resources.gpu=0` (a CPU cluster) retrains its seeds with
+    those resources, not the space file's `cpu: 4, gpu: 0.5` (found by tests/test_rehearsal.py)."""
+    from types import SimpleNamespace
+
+    from tuning.retrain import seed_resources
+    from tuning.space import SPACES_DIR
+
+    class Client:  # the two MLflow calls seed_resources makes on the search's parent run
+        def list_artifacts(self, run_id, path):
+            return [SimpleNamespace(path="space/ablation.yaml")]
+
+        def download_artifacts(self, run_id, path, dst):
+            return str(shutil.copy(SPACES_DIR / "ablation.yaml", dst))
+
+        def get_run(self, run_id):
+            overrides = '{"resources.cpu": 1, "resources.gpu": 0}'
+            return SimpleNamespace(data=SimpleNamespace(params={"overrides": overrides}))
+
+    trial = SimpleNamespace(data=SimpleNamespace(tags={"mlflow.parentRunId": "parent"}),
+                            info=SimpleNamespace(run_id="t"))
+    assert seed_resources(Client(), trial, None, None) == {"cpu": 1.0, "gpu": 0.0}
+    assert seed_resources(Client(), trial, 0.5, None) == {"cpu": 1.0, "gpu": 0.5}

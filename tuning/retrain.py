@@ -94,7 +94,8 @@ def retrain_config(source_params: dict[str, str], data: str | None, scale: float
 
 def seed_resources(client: Any, source: Any, gpu: float | None, cpu: float | None) -> dict[str, float]:
     """What each seed's Ray task asks for: the trial's resources, i.e. the ``resources`` of the space file
-    its search logged to its parent run; ``--gpu``/``--cpu`` replace them."""
+    its search logged to its parent run with the search's ``--set`` applied (the parent's param
+    ``overrides``); ``--gpu``/``--cpu`` replace them."""
     space: dict[str, float] = {}
     if gpu is None or cpu is None:
         space = _space_resources(client, source)
@@ -109,7 +110,10 @@ def seed_resources(client: Any, source: Any, gpu: float | None, cpu: float | Non
 
 
 def _space_resources(client: Any, source: Any) -> dict[str, float] | None:
+    import json
+
     from tuning.space import SpaceError, load_space
+    from tuning.space.overrides import OVERRIDES_PARAM
 
     parent = source.data.tags.get("mlflow.parentRunId")
     if not parent:
@@ -119,7 +123,8 @@ def _space_resources(client: Any, source: Any) -> dict[str, float] | None:
         return None
     with tempfile.TemporaryDirectory(prefix="retrain-space-") as d:
         try:
-            return dict(load_space(Path(client.download_artifacts(parent, files[0], d))).resources)
+            overrides = json.loads(client.get_run(parent).data.params.get(OVERRIDES_PARAM) or "{}")
+            return dict(load_space(Path(client.download_artifacts(parent, files[0], d)), overrides).resources)
         except SpaceError as e:
             raise RetrainError(f"the space file of the search (run {parent}, {files[0]}): {e}; give --gpu and "
                                "--cpu") from None
