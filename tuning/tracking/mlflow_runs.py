@@ -84,8 +84,10 @@ def quick_http(timeout: int = 10) -> Iterator[None]:
 
 
 def check_reachable(uri: str) -> MlflowClient:
-    """Fail before any trial starts if the tracking store cannot be reached."""
-    with quick_http():
+    """Fail before any trial starts if the tracking store cannot be reached. A refused connection fails at once;
+    an answer may take up to 30 s (a tracking server that has just started on a busy head, its basic-auth app's
+    first request, took over 10 s in the cluster rehearsal, tests/test_rehearsal.py)."""
+    with quick_http(30):
         try:
             client = MlflowClient(uri)  # an unsupported scheme or a retired file store fails here
             client.search_experiments(max_results=1)
