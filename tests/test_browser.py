@@ -1,6 +1,7 @@
 """End to end in a real browser: a tiny smoke search, `mlflow server` over its store, and headless
 Chromium (driven by Playwright) showing what README promises a user sees in the MLflow UI: the
-search's parent run, its trials nested under it as child runs, and the champion registered model.
+search's parent run, its trials nested under it as child runs, the trials sorted by best_val_top1 with
+the champion's first, and the champion registered model.
 
 Needs Debian's Chromium at /usr/bin/chromium and the `playwright` package (the `test` extra); run
 `tests/setup_browser.sh` once (`.ci/run` does). Playwright never downloads a browser here.
@@ -11,6 +12,7 @@ kept after a passing run, unlike pytest's tmp folders); the path is printed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -38,6 +40,7 @@ CHROMIUM_ARGS = [
 EXPERIMENT = "test_space"  # the session's smoke search (tests/conftest.py)
 MODEL = f"egosearch-{EXPERIMENT}"
 UI_TIMEOUT_MS = 90_000  # the React app on a loaded 2-core machine
+SORT_METRIC = "best_val_top1"  # what README tells a user to sort the trials by
 
 
 def _env() -> dict[str, str]:
@@ -120,6 +123,66 @@ def mlflow_ui(tmp_path: Path, searched: str):
         log.close()
 
 
+def _sort_runs_by(page, metric: str) -> None:
+    """The runs table's "Sort: ..." menu: pick ``metric``, highest first; the menu is closed after."""
+    page.get_by_role("button", name="Sort:").click()
+    page.get_by_role("menuitemcheckbox", name=metric, exact=True).click()
+    if not page.get_by_role("menu").count():
+        page.get_by_role("button", name=f"Sort: {metric}").click()
+    page.get_by_role("button", name="Sort descending").click()
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name=f"Sort: {metric}").wait_for()
+    page.get_by_role("columnheader", name=metric, exact=True).first.wait_for()  # the sorted column is shown
+    assert "orderByAsc=false" in page.url, f"the runs are not sorted highest first: {page.url}"
+
+
+def _table_rows(page, metric: str) -> list[tuple[str, str]]:
+    """(run id, the ``metric`` cell's text) of each run row, top to bottom as the user sees them.
+
+    The grid draws a row in pieces (the pinned run-name part, the scrolling part) and may put them in
+    the DOM in any order: ``aria-rowindex`` is the row's place on screen, the run name's link names the
+    run, and the metric's cell sits in the column whose ``aria-colindex`` its header has."""
+    col = page.locator(f'[role=columnheader][aria-colindex]:has-text("{metric}")').first.get_attribute("aria-colindex")
+    run_of: dict[int, str] = {}
+    value_of: dict[int, str] = {}
+    for row in page.get_by_role("row").all():
+        index = int(row.get_attribute("aria-rowindex"))
+        for link in row.get_by_role("link").all():
+            match = re.search(r"/runs/([0-9a-f]{32})$", link.get_attribute("href") or "")
+            if match:
+                run_of[index] = match.group(1)
+        cell = row.locator(f'[role=gridcell][aria-colindex="{col}"]')
+        if cell.count():
+            value_of[index] = cell.inner_text().strip()
+    return [(run_of[i], value_of.get(i, "")) for i in sorted(run_of)]
+
+
+def _assert_champion_leads(page, client: mlflow.MlflowClient, parent, champion_run_id: str) -> None:
+    """Sorted by best_val_top1, the UI lists the parent run among its trials, flat (the parent logs the
+    search's best_val_top1 too, so it sits beside the champion's trial). Among the trial rows, the
+    champion's comes first; where several trials tie on the top value, the UI may list any of them
+    first, so the champion must be among those tied first rows. The values the UI shows must be the
+    tracking store's, and the trials must run from highest to lowest, those without the metric last."""
+    rows = _table_rows(page, SORT_METRIC)
+    trials = [(run_id, shown) for run_id, shown in rows if run_id != parent.info.run_id]
+    trial_ids = {r.info.run_id for r in client.search_runs([parent.info.experiment_id],
+                                                           f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    assert {run_id for run_id, _ in trials} == trial_ids, f"the sorted table lists {rows}, not the trials {trial_ids}"
+    stored = {run_id: client.get_run(run_id).data.metrics.get(SORT_METRIC) for run_id in trial_ids}
+    for run_id, shown in trials:
+        value = stored[run_id]
+        assert (shown == "-") if value is None else (float(shown) == value), (
+            f"run {run_id}: the UI shows {SORT_METRIC}={shown!r}, the store has {value}")
+    order = [stored[run_id] for run_id, _ in trials]
+    ranked = sorted(order, key=lambda v: (v is None, -(v or 0.0)))
+    assert order == ranked, f"the UI's trials are not sorted by {SORT_METRIC}, highest first: {order}"
+    top = order[0]
+    tied_first = [run_id for run_id, _ in trials if stored[run_id] == top]
+    assert champion_run_id in tied_first, (
+        f"the champion's run {champion_run_id} ({SORT_METRIC}={stored.get(champion_run_id)}) is not listed first "
+        f"among the trials; first: {tied_first} at {top}")
+
+
 def test_mlflow_ui_shows_parent_children_and_champion(sync_playwright, searched: str, mlflow_ui: str,
                                                       artifacts: Path) -> None:
     client = mlflow.MlflowClient(searched)
@@ -166,6 +229,11 @@ def test_mlflow_ui_shows_parent_children_and_champion(sync_playwright, searched:
                 for name in children:
                     page.get_by_text(name, exact=True).wait_for()
                 page.screenshot(path=str(artifacts / "2_child_runs.png"), full_page=True)
+
+                # Sorted by best_val_top1 (the "Sort" menu, highest first), the champion's trial leads.
+                _sort_runs_by(page, SORT_METRIC)
+                _assert_champion_leads(page, client, parent, champion.run_id)
+                page.screenshot(path=str(artifacts / "2b_sorted_by_best_val_top1.png"), full_page=True)
 
                 # The Models page: the registered model with its champion alias.
                 page.goto(f"{base}/#/models")
