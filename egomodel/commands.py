@@ -27,7 +27,10 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str] | 
     usage = (f"usage: {prog} COMMAND [ARGS ...]   ({prog} COMMAND --help for its options)\n\ncommands:\n"
              + "\n".join(f"  {name:<{width}}  {summary}" for name, (_, summary) in commands.items()))
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage, file=sys.stdout if argv else sys.stderr)
+        try:
+            print(usage, file=sys.stdout if argv else sys.stderr)
+        except BrokenPipeError:  # `egosearch --help | head -3`: the reader had enough
+            sys.stdout = None  # nothing left to flush at exit either
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in commands:
