@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -34,19 +33,13 @@ from typing import Any
 
 import torch
 
+from benchmarks.machine import describe
 from benchmarks.step import StepSetup, StepTiming, sync, time_step
 from egomodel.config import BACKBONES
 from egomodel.model.convlstm import ConvLSTM
 from egomodel.training.steps import autocast, pick_device
 
 SECTIONS = ["step", "memory", "gates", "compile", "data", "device_clips", "trial"]
-
-
-def describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        return f"{p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    return f"{platform.processor() or platform.machine()} CPU, torch {torch.__version__}"
 
 
 def _timing(prefix: str, t: StepTiming, batch: int) -> dict[str, Any]:

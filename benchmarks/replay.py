@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.replay_stats import anytime_grid
 from tuning.tracking.mlflow_runs import environ
 
 SMOKE_BASE_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
@@ -363,13 +364,6 @@ def replay(table: Table, searches: int, fractions: list[float], work: Path, prog
                 bar.update(1)
     return {"full_budget_stage_epochs": full, "budgets": fractions, "searches": searches,
             "strategies": list(strategies), **report(table, ledgers, fractions, list(strategies))}
-
-
-def anytime_grid(table: Table, fractions: list[float], points: int = 20) -> list[float]:
-    """The budget fractions an anytime curve is read at: ``points`` even steps up to the largest fraction,
-    and the fractions themselves."""
-    top = max(fractions)
-    return sorted({round(top * (k + 1) / points, 6) for k in range(points)} | set(fractions))
 
 
 def available_strategies() -> tuple[str, ...]:

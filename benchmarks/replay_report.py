@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.replay_stats import hypervolume, paired, quartiles, summary
+from benchmarks.replay_stats import anytime_grid, hypervolume, paired, quartiles, summary
 
 BASELINES = ("random_fifo", "tpe_fifo", "tpe_asha_default", "first_rung_top_k")
 OURS_NAMES = ("ours", "ours_promotion")
@@ -47,7 +47,6 @@ def _reference(top1: list[float], gflops: list[float]) -> tuple[float, float]:
 def report(table: Any, ledgers: dict[str, list[tuple[str, Any]]], fractions: list[float],
            strategies: list[str]) -> dict[str, Any]:
     """Every figure of the benchmark's JSON but the run's own (machine, times)."""
-    from benchmarks.replay import anytime_grid
 
     regrets = {s: {f: regrets_at(table, ledgers[s], f) for f in fractions} for s in strategies}
     out: dict[str, Any] = {"regret": {s: {str(f): {**summary(r), "regrets": r} for f, r in by.items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,3 +80,10 @@ def hypervolume(points: Sequence[tuple[float, float]], ref: tuple[float, float])
             area += (ref[0] - x) * (best_y - y)
             best_y = y
     return area
+
+
+def anytime_grid(table: Any, fractions: list[float], points: int = 20) -> list[float]:
+    """The budget fractions an anytime curve is read at: ``points`` even steps up to the largest fraction,
+    and the fractions themselves (``table`` is not read: every table is read at the same fractions)."""
+    top = max(fractions)
+    return sorted({round(top * (k + 1) / points, 6) for k in range(points)} | set(fractions))

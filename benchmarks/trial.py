@@ -56,6 +56,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.machine import describe
 from egomodel.data.layout import FLOW_X_DIR, FLOW_Y_DIR, FRAMES_DIR
 
 
@@ -352,8 +353,6 @@ def measure(device: torch.device, shape: TrialShape, epochs: int, clip_frames: i
                             clock.setup_s, finish_s)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from benchmarks.device import describe
-
     detail = {
         "device": describe(device), "device_driver": _driver() if device.type == "cuda" else None,
         "shape": next((k for k, v in SHAPES.items() if v == shape), "custom"), "space": loaded.name,

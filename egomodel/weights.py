@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import functools
-import hashlib
 import http.client
 import os
 import shutil
@@ -37,76 +35,19 @@ from pathlib import Path
 
 import torch
 
-from egomodel.model.backbone import BACKBONES, WeightsError, imagenet_weights_path
+from egomodel.model.backbone import BACKBONES
+from egomodel.model.imagenet import (  # noqa: F401 - check_weights and intact are this command's API too
+    WeightsError,
+    check_weights,
+    fetch_command,
+    file_name,
+    hash_prefix,
+    imagenet_weights_path,
+    intact,
+    sha256,
+)
 
 FROM_ENV = "EGOSEARCH_WEIGHTS_FROM"  # the cluster files pass it as --from (cluster.env)
-
-
-def fetch_command(backbone: str) -> str:
-    return f"python -m egomodel.weights fetch --backbone {backbone}"
-
-
-def file_name(backbone: str) -> str:
-    """torchvision's file name of the backbone's ImageNet weights."""
-    if backbone not in BACKBONES:
-        raise WeightsError(f"unknown backbone {backbone!r}; one of {', '.join(BACKBONES)}")
-    return BACKBONES[backbone][1].rsplit("/", 1)[-1]
-
-
-def hash_prefix(name: str) -> str:
-    """The SHA-256 prefix a torchvision file name carries: ``resnet34-b627a593.pth`` -> ``b627a593``."""
-    stem = name.rsplit(".", 1)[0]
-    prefix = stem.rsplit("-", 1)[-1] if "-" in stem else ""
-    if len(prefix) < 8 or any(c not in "0123456789abcdef" for c in prefix):
-        raise WeightsError(f"{name}: the file name carries no SHA-256 prefix (NAME-<8+ hex digits>.pth)")
-    return prefix
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=16)
-def _hash_of(path: str, size: int, mtime_ns: int) -> str:
-    """Hashed once per process for a given file state (size and modification time)."""
-    return sha256(Path(path))
-
-
-def intact(path: Path, prefix: str) -> str | None:
-    """None when ``path`` is a file whose SHA-256 starts with ``prefix``, else what is wrong."""
-    try:
-        st = path.stat()
-    except OSError:
-        return f"{path} is missing"
-    if not path.is_file():
-        return f"{path} is not a file"
-    digest = _hash_of(str(path), st.st_size, st.st_mtime_ns)
-    if not digest.startswith(prefix):
-        return f"{path} is damaged ({st.st_size} bytes, SHA-256 {digest[:12]}..., expected {prefix}...)"
-    return None
-
-
-def check_weights(backbone: str, pretrained: str = "imagenet", name: str | None = None) -> str | None:
-    """None when the weights ``model.pretrained`` asks for are usable on this machine, else a message naming
-    the path and what to run. ``imagenet``: torch hub's file (``name``, default torchvision's for
-    ``backbone``), present and with its hash (hashed once per process); a path: that file exists;
-    ``none``: nothing is needed."""
-    if pretrained == "none":
-        return None
-    if pretrained != "imagenet":
-        path = Path(pretrained).expanduser()
-        return None if path.is_file() else f"model.pretrained={pretrained}: no such file on this machine"
-    path = imagenet_weights_path(backbone) if name is None else Path(torch.hub.get_dir()) / "checkpoints" / name
-    problem = intact(path, hash_prefix(path.name))
-    if problem is None:
-        return None
-    return (f"{backbone} ImageNet weights: {problem}. Run `{fetch_command(backbone)}` on this machine "
-            f"(add --from URL|PATH|s3://... where it has no internet access; TORCH_HOME moves the cache), "
-            f"pass model.pretrained=/path/to/{backbone}.pth, or train from scratch with model.pretrained=none")
 
 
 @contextlib.contextmanager

@@ -200,10 +200,7 @@ def test_register_makes_one_version_per_trial_run(tmp_path, monkeypatch):
     client.create_model_version("egosearch-e", f"runs:/{other}/model", other)  # an earlier search's champion
     made = client.create_model_version("egosearch-e", f"runs:/{run}/model", run).version  # this search's
 
-    def no_second(*a, **k):
-        raise AssertionError("registered again")
-
-    monkeypatch.setattr(champion, "_log_and_register", no_second)
+    # a second registration would log the (missing) checkpoint and fail, or add a third version
     uri = champion.register(client, run, tmp_path / "stage3_best.pt", "egosearch-e")
     assert uri == "models:/egosearch-e@champion"
     assert str(client.get_model_version_by_alias("egosearch-e", "champion").version) == str(made) == "2"

@@ -20,8 +20,14 @@ import torch
 from torchvision.models import resnet18
 
 from egomodel import weights
-from egomodel.model import backbone
+from egomodel.model import backbone, imagenet
 from egomodel.model.backbone import WeightsError, build_resnet
+
+
+def _backbone(monkeypatch: pytest.MonkeyPatch, key: str, url: str) -> None:
+    """A backbone of the tests' own: its constructor for build_resnet, its URL for the fetch and the check."""
+    monkeypatch.setitem(backbone.BACKBONES, key, (resnet18, url))
+    monkeypatch.setitem(imagenet.WEIGHT_URLS, key, url)
 
 
 def tiny_file() -> tuple[str, bytes]:
@@ -138,7 +144,7 @@ def test_the_commands_fetch_and_check_the_cache(mirror: Mirror, tmp_path: Path, 
     moving torch hub's cache."""
     name, data = tiny_file()
     mirror.files[f"/{name}"] = (data, len(data))
-    monkeypatch.setitem(backbone.BACKBONES, "tiny", (resnet18, mirror.url + name))
+    _backbone(monkeypatch, "tiny", mirror.url + name)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cached = tmp_path / "torch" / "hub" / "checkpoints" / name
     assert weights.main(["check", "--backbone", "tiny"]) == 1
@@ -232,7 +238,8 @@ def test_the_worker_hook_fetches_what_is_missing_and_never_raises(tmp_path: Path
     (tmp_path / "mirror" / name).write_bytes(data)
     for key in list(backbone.BACKBONES):
         monkeypatch.delitem(backbone.BACKBONES, key)
-    monkeypatch.setitem(backbone.BACKBONES, "tiny", (resnet18, "http://127.0.0.1:9/unused/" + name))
+        monkeypatch.delitem(imagenet.WEIGHT_URLS, key)
+    _backbone(monkeypatch, "tiny", "http://127.0.0.1:9/unused/" + name)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv(weights.FROM_ENV, str(tmp_path / "nowhere"))
     weights.fetch_on_worker_start()

@@ -243,11 +243,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = retrain_config(source.data.params, args.data, scale)
     resources = seed_resources(client, source, args.gpu, args.cpu) if args.address is not None else None
     if resources is not None:
-        from tuning.search import SearchError, connect_ray
+        from tuning.execution.connect import ConnectError, connect_ray
 
         try:
             connect_ray(args.address)
-        except SearchError as e:
+        except ConnectError as e:
             raise RetrainError(str(e)) from None
         check_cluster(resources, args.address)
     print(f"schedule: train.epochs_scale {scale} ({scale_from}; the search ran at {searched})")

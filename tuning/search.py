@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
 from egomodel.training.stages import stage_plan
 from tuning.execution import feasibility, storage_check, weights_check
+from tuning.execution.connect import WORKER_NICENESS, ConnectError, connect_ray  # noqa: F401 - WORKER_NICENESS: tests
 from tuning.execution.leases import start_lease_actor
 from tuning.execution.study import (
     WARM_TAG,
@@ -132,40 +131,6 @@ def base_config(space: SearchSpace, extra: dict[str, Any]) -> Config:
         return from_dict({}, {**space.base, **extra})
     except ConfigError as e:
         raise SpaceError(f"{space.name}: base: {e}") from None
-
-
-def _check_port(address: str) -> None:
-    """Ray retries an unreachable GCS for minutes; a refused TCP connection is a clear error now."""
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise SearchError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as e:
-        raise SearchError(f"cannot connect to the Ray cluster at {address}: {e}") from None
-
-
-WORKER_NICENESS = "RAY_worker_niceness"  # Ray's setting (default 15) for the nice value of worker processes
-
-
-def connect_ray(address: str | None) -> None:
-    import ray
-
-    if address not in (None, "auto", "local"):
-        _check_port(address)
-    # Ray starts its workers (our trials) at nice 15, below the driver and Ray's own daemons: on a small
-    # machine a trial then stalls whenever the driver works. Trials are the work here: normal priority.
-    # (The cluster files start their nodes the same way.)
-    os.environ.setdefault(WORKER_NICENESS, "0")
-    try:
-        if address is None:
-            ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [
-                str(REPO), os.environ.get("PYTHONPATH", "")]))}}, log_to_driver=True)
-        else:
-            ray.init(address=address)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise SearchError(f"cannot connect to the Ray cluster at {address}: {e}") from None
 
 
 def trial_resources(space: SearchSpace, address: str | None) -> dict[str, float]:
@@ -352,7 +317,10 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         started = started_on(path, client, name)
         check_same_data(path, started, data_root, bundle.fingerprint)
         check_same_overrides(path, started, overrides)
-    connect_ray(args.address)
+    try:
+        connect_ray(args.address)
+    except ConnectError as e:
+        raise SearchError(str(e)) from None
     try:  # every node alive now reads a marker the driver wrote there; each trial checks it again
         marker, checked = storage_check.check(storage, remote=args.address is not None)
     except storage_check.StorageError as e:

@@ -10,23 +10,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import ResNet, ResNet18_Weights, ResNet34_Weights, resnet18, resnet34
+from torchvision.models import ResNet, resnet18, resnet34
+
+from egomodel.model.imagenet import WEIGHT_URLS, WeightsError, check_weights, imagenet_weights_path
 
 # model.backbone -> (constructor, ImageNet weights); both are BasicBlock ResNets with the same widths
 BACKBONES: dict[str, tuple[Callable[..., ResNet], str]] = {
-    "resnet34": (resnet34, ResNet34_Weights.IMAGENET1K_V1.url),
-    "resnet18": (resnet18, ResNet18_Weights.IMAGENET1K_V1.url),
+    "resnet34": (resnet34, WEIGHT_URLS["resnet34"]),
+    "resnet18": (resnet18, WEIGHT_URLS["resnet18"]),
 }
 IMAGENET_URL = BACKBONES["resnet34"][1]
-
-
-class WeightsError(FileNotFoundError):
-    """ImageNet weights were asked for but are not on disk."""
-
-
-def imagenet_weights_path(backbone: str = "resnet34") -> Path:
-    """Where torchvision keeps the backbone's ImageNet file once downloaded."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(BACKBONES[backbone][1]).name
 
 
 def build_resnet(pretrained: str, backbone: str = "resnet34") -> ResNet:
@@ -35,8 +28,6 @@ def build_resnet(pretrained: str, backbone: str = "resnet34") -> ResNet:
 
     Never downloads: a missing or damaged file is an error that names ``python -m egomodel.weights fetch``.
     """
-    from egomodel.weights import check_weights  # it imports this module
-
     make, _url = BACKBONES[backbone]
     net = make(weights=None)
     if pretrained == "none":

@@ -23,7 +23,7 @@ from tuning.space.objectives import check_scheduler, parse_champion, parse_expor
 from tuning.space.overrides import split
 from tuning.space.rungs import parse_rungs, resolve_rungs
 from tuning.space.strict_yaml import read_yaml
-from tuning.space.types import DEFAULT_CHECKPOINT_INTERVAL_S, Param, Scheduler, SearchSpace
+from tuning.space.types import DEFAULT_CHECKPOINT_INTERVAL_S, SCHEDULER_FIELDS, Param, Scheduler, SearchSpace
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 
@@ -56,9 +56,6 @@ _FIELDS = {  # allowed fields of a param spec, per type
     "categorical": ("type", "choices", "when"),
     "subset": ("type", "choices", "always", "when"),
 }
-_SCHEDULER_FIELDS = {"asha": ("type", "rungs", "grace_period", "reduction_factor"), "fifo": ("type",)}
-for _t in ("asha_promotion", "moasha", "moasha_promotion"):  # the same rungs; multi-objective rank, or pausing
-    _SCHEDULER_FIELDS[_t] = _SCHEDULER_FIELDS["asha"]
 
 
 # --- params -----------------------------------------------------------------------------------------------
@@ -195,9 +192,9 @@ def _scheduler(v: Any) -> Scheduler:
     if t not in SCHEDULERS:
         raise SpaceError(f"scheduler.type: unknown scheduler {t!r} (known: {', '.join(SCHEDULERS)})")
     for f in v:
-        if f not in _SCHEDULER_FIELDS[t]:
+        if f not in SCHEDULER_FIELDS[t]:
             raise SpaceError(
-                f"scheduler.{f}: unknown field for the {t} scheduler (allowed: {', '.join(_SCHEDULER_FIELDS[t])})"
+                f"scheduler.{f}: unknown field for the {t} scheduler (allowed: {', '.join(SCHEDULER_FIELDS[t])})"
             )
     grace = v.get("grace_period", "auto")
     if grace == "auto":

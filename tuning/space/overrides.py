@@ -16,6 +16,7 @@ from typing import Any
 from egomodel import config as ecfg
 from tuning.space import fields
 from tuning.space.errors import SpaceError
+from tuning.space.types import SCHEDULER_FIELDS
 
 # top-level space settings --set may change (resources.cpu, scheduler.rungs, ...): how a search runs,
 # never what it searches
@@ -41,8 +42,7 @@ def split(data: Any, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
                 raise SpaceError(f"--set {key}: expected {form}=VALUE")
             if head == "scheduler" and field == "type":
                 # another type: the space's fields of its own scheduler go (fifo takes no rungs), those set here stay
-                from tuning.space.load import _SCHEDULER_FIELDS as takes  # it imports this module
-
+                takes = SCHEDULER_FIELDS
                 kept = {f: v for f, v in fields.mapping(head, data.get(head) or {}, "").items()
                         if f in takes.get(value, ()) or f"scheduler.{f}" in overrides}
                 data[head] = kept

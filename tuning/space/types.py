@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CHECKPOINT_INTERVAL_S = 300.0  # a retried trial repeats at most this much work
+# the fields each scheduler type takes in a space's scheduler block (the rung schedulers share ASHA's)
+SCHEDULER_FIELDS = {"asha": ("type", "rungs", "grace_period", "reduction_factor"), "fifo": ("type",)}
+for _t in ("asha_promotion", "moasha", "moasha_promotion"):  # the same rungs; multi-objective rank, or pausing
+    SCHEDULER_FIELDS[_t] = SCHEDULER_FIELDS["asha"]
 
 
 @dataclass(frozen=True)
