@@ -257,3 +257,12 @@ def untrained_control(trained: str | Path, out: Path) -> dict[str, tuple[int, in
     assert evaluate(["--checkpoint", str(path), "--data", cfg.data.root, "--out", str(out / "eval"),
                      "--device", "cpu"]) == 0
     return per_class(out / "eval" / "per_class.csv")
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_store_from_an_earlier_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mlflow.set_tracking_uri`` (the champion's registration calls it) also sets ``$MLFLOW_TRACKING_URI``,
+    which the commands now honour: a store left there by one test would be where the next test's search
+    subprocess logs. Every test starts without it (and without ``$EGOSEARCH_WORKDIR``); a test sets its own."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("EGOSEARCH_WORKDIR", raising=False)
