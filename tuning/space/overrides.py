@@ -42,9 +42,8 @@ def split(data: Any, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
                 raise SpaceError(f"--set {key}: expected {form}=VALUE")
             if head == "scheduler" and field == "type":
                 # another type: the space's fields of its own scheduler go (fifo takes no rungs), those set here stay
-                takes = SCHEDULER_FIELDS
                 kept = {f: v for f, v in fields.mapping(head, data.get(head) or {}, "").items()
-                        if f in takes.get(value, ()) or f"scheduler.{f}" in overrides}
+                        if f in SCHEDULER_FIELDS.get(value, ()) or f"scheduler.{f}" in overrides}
                 data[head] = kept
             if field:
                 section = data.get(head) or {}
