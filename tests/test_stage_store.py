@@ -153,6 +153,27 @@ def test_a_reader_never_sees_a_half_written_result(tmp_path):
     assert StageStore(str(tmp_path), poll_seconds=0.05).get_or_claim("k2", "next") is None  # its to compute
 
 
+def test_local_copies_live_in_a_temp_folder_only_while_a_store_loads(tmp_path, monkeypatch):
+    """A trial process that Ray kills never runs its finalizers: a store that only computes and publishes
+    leaves no temporary folder behind; one that loads a result removes its copy with the store."""
+    import gc
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    holder = StageStore(str(tmp_path / "store"))
+    assert holder.get_or_claim("k", "a") is None
+    holder.put("k", {"state": {}, "computed_by": "a"})
+    assert list(temp.iterdir()) == []
+    reader = StageStore(str(tmp_path / "store"))
+    assert torch.load(reader.get_or_claim("k", "b"), weights_only=True)["computed_by"] == "a"
+    assert [p.name[:12] for p in temp.iterdir()] == ["stage-store-"]
+    del reader
+    gc.collect()
+    assert list(temp.iterdir()) == []
+
+
 def test_a_corrupted_result_is_detected_and_recomputed(tmp_path):
     store = StageStore(str(tmp_path))
     assert store.get_or_claim("k", "a") is None

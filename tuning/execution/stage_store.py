@@ -61,8 +61,7 @@ class StageStore:
         self.log = log
         self.token = uuid.uuid4().hex[:12]
         self._beats: dict[str, threading.Event] = {}
-        self._cache = Path(tempfile.mkdtemp(prefix="stage-store-"))
-        weakref.finalize(self, shutil.rmtree, self._cache, True)  # the local copies go with the store object
+        self._cache: Path | None = None  # made on the first load: a process that only computes leaves no folder
 
     # ------------------------------------------------------------------ files
     def _path(self, key: str, name: str) -> str:
@@ -119,6 +118,9 @@ class StageStore:
         if data is None:
             self.log(f"stage store: result {key[:12]} ({manifest['file']}) is missing or corrupt; recomputing it")
             return None
+        if self._cache is None:
+            self._cache = Path(tempfile.mkdtemp(prefix="stage-store-"))
+            weakref.finalize(self, shutil.rmtree, self._cache, True)  # the local copies go with the store object
         local = self._cache / f"{key}.pt"
         local.write_bytes(data)
         return local
