@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import client_of, env, load_study, search_cmd
+from tuning.execution.study import RAY_TRIAL_ATTR, STOPPED_ATTR
 from tuning.space import SPACES_DIR, SpaceError, load_space
 from tuning.tracking.pareto import CHOICE_TAG, PARETO_TAG, RULE_TAG, Row, choose
 
@@ -185,11 +186,11 @@ def test_tiny_wearable_search_ends_with_the_front_in_mlflow(tmp_path, tiny_root)
     with_weights = {r.data.tags["ray.trial_id"] for r in children
                     if any(a.path == "checkpoint" for a in client.list_artifacts(r.info.run_id))}
     assert with_weights == {champion_trial}
-    # Optuna: one study with two directions; a trial MOASHA stopped is PRUNED without values
+    # Optuna: one study with two directions; a trial MOASHA stopped is told COMPLETE with the values it was
+    # stopped on and the epoch it stopped at (TPE ranks it by non-domination), never as a finished trial
     study = load_study(tmp_path)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
-    print("Optuna:", [(t.state.name, t.values) for t in study.trials])
-    for t in study.trials:
-        assert (t.values is None) == (t.state.name != "COMPLETE")
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(complete) == len([r for r in rows if r["finished"] == "True"])
+    print("Optuna:", [(t.state.name, t.values, t.user_attrs.get(STOPPED_ATTR)) for t in study.trials])
+    assert all(t.state.name == "COMPLETE" and len(t.values) == 2 for t in study.trials)
+    finished = {t.user_attrs[RAY_TRIAL_ATTR]: STOPPED_ATTR not in t.user_attrs for t in study.trials}
+    assert finished == {r["trial_id"]: r["finished"] == "True" for r in rows}
