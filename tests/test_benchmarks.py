@@ -61,6 +61,7 @@ def test_two_node_benchmark_runs(tmp_path):
     assert json.loads(out.read_text())["two_node_speedup"] > 0
 
 
+@pytest.mark.slow
 def test_device_benchmark_runs_in_tiny_mode(tmp_path):
     """``benchmarks.device`` (the GPU figures in the README) runs on this machine's CPU too, compile and the
     short training from clips held on the device included. The model is compiled with ``aot_eager``: traced

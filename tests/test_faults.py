@@ -30,6 +30,7 @@ def _rows(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path, tiny_root):
     """One trial (3/2/2 epochs); its worker SIGKILLs itself after the first optimiser step of global
     epoch 5 (stage 2, epoch 2). Ray retries it; the retry resumes from the epoch-4 state its dead
@@ -80,6 +81,32 @@ def test_worker_killed_mid_epoch_resumes_from_its_checkpoint(tmp_path, tiny_root
     assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
 
 
+def test_the_data_a_search_started_on_is_read_back_and_a_change_refused(tmp_path):
+    """The check ``--resume`` runs before Ray starts (the default run's test; the whole kill-and-resume is
+    slow, below): the data a search started on comes from its record beside Ray's state, else from its
+    MLflow parent run's tags; another fingerprint is refused naming both and the data root."""
+    from tuning.search import SearchError, check_same_data, started_on
+    from tuning.tracking.mlflow_runs import PARENT_TAG
+
+    path = tmp_path / "ray_results" / "test_space"
+    path.mkdir(parents=True)
+    client = client_of(tmp_path)
+    assert started_on(str(path), client, "test_space") is None  # nothing recorded: nothing to compare
+    exp = client.create_experiment("test_space")
+    client.create_run(exp, tags={PARENT_TAG: str(path), "data_fingerprint": "aaa", "data_root": "/data/old"})
+    from_tags = started_on(str(path), client, "test_space")
+    (path / RECORD).write_text(json.dumps({"data_fingerprint": "bbb", "data_root": "/data/rec"}))
+    from_record = started_on(str(path), client, "test_space")
+    assert (from_tags["data_fingerprint"], from_record["data_fingerprint"]) == ("aaa", "bbb")
+    check_same_data(str(path), from_record, "/data/now", "bbb")  # the same data: resumes
+    with pytest.raises(SearchError) as e:
+        check_same_data(str(path), from_tags, "/data/now", "ccc")
+    msg = str(e.value)
+    assert msg.startswith("--resume refused: the data set changed")
+    assert "fingerprint aaa" in msg and "fingerprint ccc" in msg and "/data/old" in msg and "/data/now" in msg
+
+
+@pytest.mark.slow
 def test_resume_refused_when_the_data_changed(tmp_path, tiny_root):
     """A search is killed while its first trial trains; a clip is added to the data; ``--resume`` is
     refused before Ray starts, naming both fingerprints and the data root, and nothing runs."""

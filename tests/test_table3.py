@@ -36,6 +36,45 @@ def test_table3_space_holds_every_row_with_three_seeds():
     assert len({(p["model.variant"], p.get("model.ms_task")) for p in space.points[:8]}) == 8
 
 
+def test_the_report_reads_a_searchs_runs_into_the_papers_rows(tmp_path, capsys):
+    """``tuning.report --parent`` on hand-made runs (the default run's test; the whole search is slow):
+    finished runs with a test score become rows in the paper's order, mean and std over seeds, a
+    configuration the paper lacks after them; a failed run, or one without a test score, is left out."""
+    client = client_of(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = client.create_experiment("table3")
+    parent = client.create_run(exp).info.run_id
+    runs = [({"model.variant": "feedback", "model.ms_task": "classification"}, 0.60, "FINISHED"),
+            ({"model.variant": "feedback", "model.ms_task": "classification"}, 0.70, "FINISHED"),
+            ({"model.variant": "convlstm", "model.ms_task": "classification"}, 0.50, "FINISHED"),
+            ({"model.variant": "attention"}, 0.55, "FAILED"),
+            ({"model.variant": "ms", "model.ms_task": "regression_l1"}, None, "FINISHED"),
+            ({"model.variant": "newvariant"}, 0.20, "FINISHED")]
+    for params, score, status in runs:
+        run = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
+        for k, v in params.items():
+            client.log_param(run, k, v)
+        if score is not None:
+            client.log_metric(run, "test_top1", score)
+        client.set_terminated(run, status)
+    assert main(["--parent", parent, "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert [ln.split("  ")[0] for ln in out.splitlines()[1:]] == ["ConvLSTM", "Our Variation", "newvariant"]
+    local = Path(client.download_artifacts(parent, "report", str(tmp_path / "dl")))
+    with open(local / "table3.csv") as f:
+        rows = {r["configuration"]: r for r in csv.DictReader(f)}
+    ours = rows["Our Variation"]
+    assert (ours["n"], float(ours["test_top1_mean"]), float(ours["paper_top1"])) == ("2", pytest.approx(65.0), 65.09)
+    assert float(ours["test_top1_std"]) == pytest.approx(7.071, abs=1e-3)  # over the seeds (ddof 1)
+    assert rows["ConvLSTM"]["n"] == "1" and rows["newvariant"]["paper_top1"] == "nan"
+    assert (local / "table3.png").stat().st_size > 1000
+    assert main(["--parent", "nope", "--tracking-uri", uri]) == 2
+    empty = client.create_run(exp).info.run_id
+    assert main(["--parent", empty, "--tracking-uri", uri]) == 2
+    assert "evaluate_test: true" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_tiny_table3_search_reports_eight_rows(tmp_path, tiny_root):
     space = yaml.safe_load((SPACES_DIR / "table3.yaml").read_text())
