@@ -45,10 +45,9 @@ FRACTIONS = [0.1, 0.25, 0.5]
 # user, S3 and S4's 104 clips validate (one clip is under 1 % of top-1), S1 and S5's 91 clips train; every
 # training seed is scored on the same clips (a val_fraction split is drawn by train.seed)
 DATA = {"classes": 4, "clips_per_class": 13, "frames": 8, "size": (40, 34), "seed": 0, "users": 5}
-# on top of the smoke space's settings: 32-pixel crops, the half-size backbone, fp32 on every CPU, and a
-# schedule on which the model learns the synthetic task from random weights (at the smoke space's 3 / 2 / 2
-# epochs it barely did, and the two seeds ranked the grid with a Spearman correlation of -0.22): stage 2 eight
-# epochs at its rate, decayed after five (where the stage-aware rungs start), stage 3 three, decayed after two
+# on top of the smoke space's settings: 32-pixel crops, the half-size backbone, fp32 on every CPU, two whole
+# validation users, and a 1 / 3 / 2-epoch schedule: stage 2 three epochs at its rate, decayed after two, stage 3
+# two, decayed after one (the stage-aware rungs fall at global epochs 4 and 5)
 RECORD_BASE = {
     "data.image_size": 32, "data.val_users": ["S3", "S4"], "model.backbone": "resnet18", "train.precision": "fp32",
     "train.epochs_scale": 1.0, "train.stage1.epochs": 1, "train.stage1.milestones": [],
