@@ -7,6 +7,7 @@ import json
 import pickle
 import shutil
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -23,10 +24,18 @@ FIXTURE = Path(__file__).parent / "fixtures" / "saved_search_v1"
 EXPERIMENT = "searcher_state_v1"
 
 
+SAVED_STORE = Path("/tmp/egofix")  # the tracking store the saved callback names: restoring it opens the database
+
+
 @pytest.fixture
-def saved(tmp_path: Path) -> Path:
-    """A copy of the saved experiment folder (Ray writes into the folder it restores)."""
-    return Path(shutil.copytree(FIXTURE / EXPERIMENT, tmp_path / EXPERIMENT))
+def saved(tmp_path: Path) -> Any:
+    """A copy of the saved experiment folder (Ray writes into the folder it restores). The MLflow store
+    that its restored callback creates at the path it was saved with is removed after the test, unless it
+    was there before."""
+    existed = SAVED_STORE.exists()
+    yield Path(shutil.copytree(FIXTURE / EXPERIMENT, tmp_path / EXPERIMENT))
+    if not existed:
+        shutil.rmtree(SAVED_STORE, ignore_errors=True)
 
 
 def finished_trials(exp: Path) -> dict[str, float]:
