@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.machine import describe
+from benchmarks.machine import describe, output_file
 from benchmarks.step import StepSetup, StepTiming, sync, time_step
 from egomodel.config import BACKBONES
 from egomodel.model.convlstm import ConvLSTM
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"device": describe(device), "batch": batch, "frames": frames, "size": size,
                            "backbone": args.backbone,
                            "short_training_epochs_scale": args.epochs_scale}
-    path = Path(args.json)
+    path = output_file(p, args.json)
 
     def section(name: str, fn: Callable[[], dict[str, Any]]) -> None:
         if name in args.skip:

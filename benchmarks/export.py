@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks.machine import machine
+from benchmarks.machine import machine, output_file
 from egomodel.config import from_dict
 from egomodel.cost import GTEA61_CLASSES, count
 from egomodel.export import export_onnx, step_latency
@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20, help="timed runs per figure (median; default 20)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/export.json"))
     args = parser.parse_args()
+    output_file(parser, args.out)
     result = {"date": date.today().isoformat(), "machine": machine(), "threads_all": torch.get_num_threads(),
               "reps": args.reps, "image_size": 224, "load_average_before": os.getloadavg(),
               "note": "the load averages (1, 5, 15 min) before and after: a loaded machine gives slower figures"}
@@ -84,7 +85,6 @@ def main() -> None:
         result["streamed"] = streamed(args.reps, Path(tmp))
     result["not_streamed"] = not_streamed()
     result["load_average_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 

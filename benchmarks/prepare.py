@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.machine import output_file
 from egomodel.data.prepare.motion import FLOW_METHODS, MotionSettings, encode_flow, motion_map, warp_flow
 from egomodel.data.synthetic_ego import generate_ego, mask_figures, render_ego_clip
 from egomodel.prepare import main as prepare
@@ -77,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prepare.json"))
     args = parser.parse_args()
+    output_file(parser, args.out)
     os.sched_setaffinity(0, {0})  # like taskset -c 0
     cv2.setNumThreads(1)
     result = {"date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
@@ -85,7 +87,6 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     with tempfile.TemporaryDirectory() as tmp:
         result["quality_320x240"] = quality(Path(tmp))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 

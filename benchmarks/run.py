@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.machine import machine
+from benchmarks.machine import machine, output_file
 from benchmarks.sessions import kill_session
 from benchmarks.step import time_steps
 
@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", nargs="*", default=[],
                    choices=["step", "cache", "search", "overhead", "nodes", "quality"])
     args = p.parse_args(argv)
+    path = output_file(p, args.json)
     from egomodel.data.synthetic import generate
 
     tmp = Path(tempfile.mkdtemp(prefix="egobench-"))
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.search_quality import DEFAULT_TABLE, measure
 
         out["search_quality"] = measure(DEFAULT_TABLE, 30, progress=False)
-    Path(args.json).write_text(json.dumps(out, indent=2))
+    path.write_text(json.dumps(out, indent=2))
     width = max(len(k) for k in out)
     for k, v in out.items():
         if k == "search_quality":

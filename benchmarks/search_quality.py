@@ -30,6 +30,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine import output_file
 from benchmarks.replay import Table, replay
 from benchmarks.replay_report import plot
 
@@ -203,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.searches < 1:
         p.error(f"--searches must be at least 1, got {args.searches}")
+    path = output_file(p, args.json)
+    output_file(p, args.table)  # a recording writes its partial curves beside the table as it goes
     out = measure(Path(args.table), args.searches)
-    path = Path(args.json)
     path.write_text(json.dumps(out, indent=1))
     plot(out, path.with_suffix(".png"))
     for s, by in out["regret"].items():

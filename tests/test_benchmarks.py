@@ -168,3 +168,32 @@ def test_device_trial_section_runs_on_cpu(tmp_path):
     assert full["steady_from_first_epoch"] is True
     assert figures["trials_per_gpu_hour"] == pytest.approx(3600 / full["full_trial_s"])
     assert trial["gpu_util_source"].startswith("none")
+
+
+@pytest.mark.parametrize("command", ["search_quality", "device", "run"])
+def test_a_figures_file_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, command):
+    """``--json`` in a folder that cannot be made exits 2 naming it before the benchmark starts (the
+    search-quality replay used to fail on it after half an hour); a missing folder is made first."""
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{command}")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as e:
+        module.main(["--json", str(blocker / "results" / "figures.json")])
+    assert e.value.code == 2 and "cannot create its folder" in capsys.readouterr().err
+
+
+def test_the_search_quality_figures_folder_is_made_before_the_replay(tmp_path, monkeypatch):
+    from benchmarks import search_quality
+
+    class Started(Exception):
+        pass
+
+    def measure(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(search_quality, "measure", measure)
+    with pytest.raises(Started):
+        search_quality.main(["--json", str(tmp_path / "new" / "figures.json"), "--table", str(tmp_path / "t.json")])
+    assert (tmp_path / "new").is_dir()
