@@ -356,8 +356,7 @@ def replay(table: Table, searches: int, fractions: list[float], work: Path, prog
             for i in range(searches):
                 tuned_on = seeds[i % len(seeds)]
                 if name == FIRST_RUNG:  # a fixed plan that knows its budget: one plan per budget read
-                    ledger = {f: first_rung_top_k(table, None, i, tuned_on, f * full) for f in anytime_grid(
-                        table, fractions)}
+                    ledger = {f: first_rung_top_k(table, None, i, tuned_on, f * full) for f in anytime_grid(fractions)}
                 else:
                     ledger = run_search(name, spaces, table, i, tuned_on, max(fractions) * full, work / "ray")
                 ledgers[name].append((tuned_on, ledger))

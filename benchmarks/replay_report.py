@@ -54,7 +54,7 @@ def report(table: Any, ledgers: dict[str, list[tuple[str, Any]]], fractions: lis
     ours = [o for o in OURS_NAMES if o in strategies]
     out["paired"] = {o: {b: {str(f): paired(regrets[o][f], regrets[b][f]) for f in fractions}
                          for b in BASELINES if b in strategies} for o in ours}
-    grid = anytime_grid(table, fractions)
+    grid = anytime_grid(fractions)
     full = table.full_budget()
     curves: dict[str, Any] = {"fractions": grid, "stage_epochs": [f * full for f in grid]}
     for s in strategies:

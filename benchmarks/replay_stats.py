@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -82,8 +81,8 @@ def hypervolume(points: Sequence[tuple[float, float]], ref: tuple[float, float])
     return area
 
 
-def anytime_grid(table: Any, fractions: list[float], points: int = 20) -> list[float]:
+def anytime_grid(fractions: list[float], points: int = 20) -> list[float]:
     """The budget fractions an anytime curve is read at: ``points`` even steps up to the largest fraction,
-    and the fractions themselves (``table`` is not read: every table is read at the same fractions)."""
+    and the fractions themselves."""
     top = max(fractions)
     return sorted({round(top * (k + 1) / points, 6) for k in range(points)} | set(fractions))

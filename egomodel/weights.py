@@ -36,10 +36,9 @@ from pathlib import Path
 import torch
 
 from egomodel.model.backbone import BACKBONES
-from egomodel.model.imagenet import (  # noqa: F401 - check_weights and intact are this command's API too
+from egomodel.model.imagenet import (
     WeightsError,
     check_weights,
-    fetch_command,
     file_name,
     hash_prefix,
     imagenet_weights_path,

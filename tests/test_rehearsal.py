@@ -42,7 +42,7 @@ import mlflow
 import pytest
 
 from egomodel.model.backbone import BACKBONES
-from egomodel.weights import file_name, hash_prefix
+from egomodel.model.imagenet import file_name, hash_prefix
 from tests import onprem_cluster
 from tests.imagenet_standin import NONCES, standin_bytes
 from tests.onprem_cluster import BIN, HEAD_ADDRESS, REPO, Head, checkout, local_cluster_file, tail

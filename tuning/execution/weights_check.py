@@ -2,7 +2,7 @@
 
 The weights a search needs follow from its base configuration and what it searches: ``model.pretrained``
 (``imagenet``: torch hub's file of each backbone ``model.backbone`` can take; a path: that file; ``none``:
-nothing). A zero-CPU task on each node alive now checks them (:func:`egomodel.weights.check_weights`:
+nothing). A zero-CPU task on each node alive now checks them (:func:`egomodel.model.imagenet.check_weights`:
 present, and for ImageNet's files a SHA-256 that matches the file name); the search is refused with
 every failing node named and the command that fixes it. Nodes an autoscaler launches later are checked by
 each trial before it trains (:func:`check_in_trial`).
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from egomodel.model.backbone import WeightsError
-from egomodel.weights import check_weights, file_name
+from egomodel.model.imagenet import check_weights, file_name
 from tuning.execution.nodes import on_every_node, this_node
 
 Need = tuple[str, str, str | None]  # (backbone, model.pretrained, torch hub's file name for imagenet)
