@@ -304,16 +304,16 @@ def test_local_trials_run_at_normal_priority(monkeypatch):
     """A local search starts Ray with its workers (the trials) at nice 0, not Ray's default 15."""
     import ray
 
-    from tuning import search
+    from tuning.execution import connect
 
-    monkeypatch.delenv(search.WORKER_NICENESS, raising=False)
+    monkeypatch.delenv(connect.WORKER_NICENESS, raising=False)
     monkeypatch.setattr(ray, "init", lambda **kw: None)
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
-    search.connect_ray(None)
-    assert os.environ[search.WORKER_NICENESS] == "0"
-    monkeypatch.setenv(search.WORKER_NICENESS, "5")  # a user's own setting wins
-    search.connect_ray(None)
-    assert os.environ[search.WORKER_NICENESS] == "5"
+    connect.connect_ray(None)
+    assert os.environ[connect.WORKER_NICENESS] == "0"
+    monkeypatch.setenv(connect.WORKER_NICENESS, "5")  # a user's own setting wins
+    connect.connect_ray(None)
+    assert os.environ[connect.WORKER_NICENESS] == "5"
 
 
 def test_retrain_reads_every_logged_param_back():

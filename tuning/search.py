@@ -21,7 +21,7 @@ from egomodel.data.dataset import load_bundle, resolve_root
 from egomodel.data.layout import DataError
 from egomodel.training.stages import stage_plan
 from tuning.execution import feasibility, storage_check, weights_check
-from tuning.execution.connect import WORKER_NICENESS, ConnectError, connect_ray  # noqa: F401 - WORKER_NICENESS: tests
+from tuning.execution.connect import ConnectError, connect_ray
 from tuning.execution.leases import start_lease_actor
 from tuning.execution.study import (
     WARM_TAG,
