@@ -201,12 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", required=True, help="where to write the figures (the plot goes beside it, .png)")
     p.add_argument("--table", default=str(DEFAULT_TABLE), help="the recorded curves (recorded here if missing)")
     p.add_argument("--searches", type=int, default=50, help="searches per strategy (at least 1)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="searches replayed at once, each by its own driver process (default: one per core)")
     args = p.parse_args(argv)
     if args.searches < 1:
         p.error(f"--searches must be at least 1, got {args.searches}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
     path = output_file(p, args.json)
     output_file(p, args.table)  # a recording writes its partial curves beside the table as it goes
-    out = measure(Path(args.table), args.searches)
+    out = measure(Path(args.table), args.searches, jobs=args.jobs)
     path.write_text(json.dumps(out, indent=1))
     plot(out, path.with_suffix(".png"))
     for s, by in out["regret"].items():
@@ -220,8 +224,9 @@ VERDICTS = ("table_seed_spearman", "budget_to_match_tpe_fifo", "beats_default_as
             "moasha_hypervolume_ratio_at_25", "record_wall_s", "replay_wall_s")
 
 
-def measure(table_path: Path, searches: int, progress: bool = True) -> dict[str, Any]:
-    """Record (or reuse) the table, then replay every strategy under one ``ray.init``."""
+def measure(table_path: Path, searches: int, progress: bool = True, jobs: int = 1) -> dict[str, Any]:
+    """Record (or reuse) the table, then replay every strategy on one Ray started here (one ``ray.init``),
+    ``jobs`` searches at once."""
     import ray
 
     from benchmarks.machine import machine
@@ -239,10 +244,10 @@ def measure(table_path: Path, searches: int, progress: bool = True) -> dict[str,
     if not table.gflops:
         table.gflops.update(gflops(table))
     started = time.perf_counter()
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=jobs, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="egoquality-replay-") as work:
-            out = replay(table, searches, FRACTIONS, Path(work), progress)
+            out = replay(table, searches, FRACTIONS, Path(work), progress, jobs=jobs)
     finally:
         ray.shutdown()
     return {"machine": machine(), "date": date.today().isoformat(), "configurations": len(table.configs()),

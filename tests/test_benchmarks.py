@@ -197,3 +197,12 @@ def test_the_search_quality_figures_folder_is_made_before_the_replay(tmp_path, m
     with pytest.raises(Started):
         search_quality.main(["--json", str(tmp_path / "new" / "figures.json"), "--table", str(tmp_path / "t.json")])
     assert (tmp_path / "new").is_dir()
+
+
+@pytest.mark.parametrize("flag", ["--searches", "--jobs"])
+def test_the_search_quality_counts_must_be_positive(tmp_path, capsys, flag):
+    from benchmarks import search_quality
+
+    with pytest.raises(SystemExit) as e:
+        search_quality.main(["--json", str(tmp_path / "f.json"), flag, "0"])
+    assert e.value.code == 2 and f"{flag} must be at least 1, got 0" in capsys.readouterr().err

@@ -43,11 +43,11 @@ def tiny_table(seeds: int = 4) -> Table:
 
 
 @contextlib.contextmanager
-def local_ray() -> Iterator[None]:
-    """A one-CPU local Ray for the replays, its session folder removed afterwards."""
+def local_ray(cpus: int = 1) -> Iterator[None]:
+    """A local Ray with ``cpus`` CPUs for the replays, its session folder removed afterwards."""
     import ray
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     session = ray._private.worker._global_node.get_session_dir_path()
     try:
         yield
@@ -100,12 +100,15 @@ def test_each_strategy_is_wired_as_it_says(tmp_path):
         strategy("grid", spaces, table, seed=0)
 
 
-def test_a_replayed_search_is_the_same_for_a_seed(tmp_path):
+def test_a_replayed_search_is_the_same_for_a_seed_whoever_drives_it(tmp_path):
+    """The same searches, in this process and then by two driver processes connected to the same Ray at once
+    (``jobs=2``, what ``--jobs`` does): the same regrets, search by search."""
     table = tiny_table()
-    with local_ray():
-        first, again = (replay(table, 1, [0.25, 0.5], tmp_path / d, progress=False, strategies=("ours",),
-                               multi_objective=False) for d in "ab")
+    with local_ray(cpus=2):
+        first, again = (replay(table, 2, [0.25, 0.5], tmp_path / f"jobs{jobs}", progress=False, strategies=("ours",),
+                               multi_objective=False, jobs=jobs) for jobs in (1, 2))
     assert again["regret"] == first["regret"] and first["full_budget_stage_epochs"] == 28
+    assert again["jobs"] == 2 and len(first["regret"]["ours"]["0.5"]["regrets"]) == 2
     worst = table.regret(None, "0")
     for f in ("0.25", "0.5"):
         assert 0 <= first["regret"]["ours"][f]["median"] <= worst
