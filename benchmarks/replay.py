@@ -339,7 +339,8 @@ def replay(table: Table, searches: int, fractions: list[float], work: Path, prog
     ignores the objectives).
 
     ``jobs`` > 1: that many driver processes, each connected to the running Ray, take the searches from one
-    queue. A search runs its trials one at a time whoever drives it, so its result is the same either way."""
+    queue. A search runs its trials one at a time whoever drives it, so its result is the same either way. The
+    drivers are spawned: a script that calls this with ``jobs`` > 1 needs an ``if __name__ == "__main__"`` guard."""
     from tqdm import tqdm
 
     from benchmarks.replay_report import report

@@ -8,7 +8,8 @@ each trained with 4 training seeds on a synthetic set whose validation split is 
 (shared stage prefixes computed once), by one process per core (spawned: a script that calls :func:`record`
 needs an ``if __name__ == "__main__"`` guard). Its wall time is kept in the table and reported.
 
-Replay (one ``ray.init``): random + FIFO, TPE + FIFO, TPE + ASHA as Ray's defaults wire them, train every
+Replay (one ``ray.init``; ``--jobs`` driver processes, default one per core, connect to it and take the
+searches from one queue): random + FIFO, TPE + FIFO, TPE + ASHA as Ray's defaults wire them, train every
 configuration to the first rung and continue the best K, ours with stopping and ours with promotion,
 ``--searches`` searches each, read at 10, 25 and 50 % of B (every grid configuration trained fully, nothing
 shared) and along an anytime grid; a search tunes on one seed, its answer is scored by its mean over the other
