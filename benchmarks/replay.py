@@ -389,8 +389,12 @@ def _searches(todo: list[tuple[str, int]], table: Table, paths: dict[str, Path],
     with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), _connect,
                              (address, table, paths, budget, storage)) as pool:
         futures = {pool.submit(_one_search, job): job for job in todo}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:  # a search failed (or the user pressed Ctrl-C): the queued ones are not started
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 _DRIVER: dict[str, Any] = {}  # a replay driver's table, spaces, budget and storage

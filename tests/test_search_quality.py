@@ -102,11 +102,15 @@ def test_each_strategy_is_wired_as_it_says(tmp_path):
 
 def test_a_replayed_search_is_the_same_for_a_seed_whoever_drives_it(tmp_path):
     """The same searches, in this process and then by two driver processes connected to the same Ray at once
-    (``jobs=2``, what ``--jobs`` does): the same regrets, search by search."""
+    (``jobs=2``, what ``--jobs`` does): the same regrets, search by search; a search that fails in a driver
+    fails the replay with its own error."""
     table = tiny_table()
     with local_ray(cpus=2):
         first, again = (replay(table, 2, [0.25, 0.5], tmp_path / f"jobs{jobs}", progress=False, strategies=("ours",),
                                multi_objective=False, jobs=jobs) for jobs in (1, 2))
+        with pytest.raises(ValueError, match="unknown strategy 'grid'"):  # a driver's error reaches the caller
+            replay(table, 4, [0.5], tmp_path / "bad", progress=False, strategies=("grid",), multi_objective=False,
+                   jobs=2)
     assert again["regret"] == first["regret"] and first["full_budget_stage_epochs"] == 28
     assert again["jobs"] == 2 and len(first["regret"]["ours"]["0.5"]["regrets"]) == 2
     worst = table.regret(None, "0")
