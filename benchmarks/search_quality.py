@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import output_file
-from benchmarks.replay import Table, replay
+from benchmarks.replay import Table
 from benchmarks.replay_report import plot
+from benchmarks.replay_run import replay
 
 DEFAULT_TABLE = Path(__file__).resolve().parent / "results" / "search_quality_table.json"
 GRID = {

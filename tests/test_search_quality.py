@@ -20,11 +20,11 @@ from benchmarks.replay import (
     Table,
     first_rung_epoch,
     first_rung_top_k,
-    replay,
     strategy,
     write_space,
 )
 from benchmarks.replay_report import report, verdicts
+from benchmarks.replay_run import replay
 from benchmarks.replay_stats import bootstrap_ci, hypervolume, iqm, paired, spearman, summary
 from benchmarks.search_quality import smoke_base
 
