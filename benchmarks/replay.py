@@ -75,6 +75,11 @@ class Table:
     def seeds(self) -> list[str]:
         return sorted(self.curves, key=int)
 
+    def tuned_on(self, search: int) -> str:
+        """The training seed whose curves search number ``search`` tunes on (they take turns)."""
+        seeds = self.seeds()
+        return seeds[search % len(seeds)]
+
     def truth(self, config: dict[str, Any], tuned_on: str) -> float:
         """A configuration's true score for a search tuned on seed ``tuned_on``: its mean score over the
         other seeds (the noise the search chased is not in it)."""

@@ -46,21 +46,19 @@ def replay(table: Table, searches: int, fractions: list[float], work: Path, prog
         paths["moasha"] = write_space(table, work / "replay-moasha.yaml", "moasha", objectives=True)
         runs += ["moasha"] + (["random_fifo"] if "random_fifo" not in runs else [])
     full = table.full_budget()
-    seeds = table.seeds()
     budget = max(fractions) * full
     todo = [(name, i) for name in runs if name != FIRST_RUNG for i in range(searches)]
     ledgers: dict[tuple[str, int], Any] = {}
     with tqdm(total=len(runs) * searches, desc="replayed searches", disable=not progress) as bar:
         if FIRST_RUNG in runs:  # a fixed plan that knows its budget, without Ray: one plan per budget read
             for i in range(searches):
-                tuned_on = seeds[i % len(seeds)]
-                ledgers[FIRST_RUNG, i] = {f: first_rung_top_k(table, None, i, tuned_on, f * full)
+                ledgers[FIRST_RUNG, i] = {f: first_rung_top_k(table, None, i, table.tuned_on(i), f * full)
                                           for f in anytime_grid(fractions)}
                 bar.update(1)
         for (name, i), ledger in _searches(todo, table, paths, budget, work / "ray", jobs):
             ledgers[name, i] = ledger
             bar.update(1)
-    by_strategy = {name: [(seeds[i % len(seeds)], ledgers[name, i]) for i in range(searches)] for name in runs}
+    by_strategy = {name: [(table.tuned_on(i), ledgers[name, i]) for i in range(searches)] for name in runs}
     return {"full_budget_stage_epochs": full, "budgets": fractions, "searches": searches, "jobs": jobs,
             "strategies": list(strategies), **report(table, by_strategy, fractions, list(strategies))}
 
@@ -69,7 +67,7 @@ def _searches(todo: list[tuple[str, int]], table: Table, paths: dict[str, Path],
               jobs: int) -> Any:
     """((strategy, search index), ledger) for every search in ``todo``, as they finish."""
     if jobs <= 1 or len(todo) <= 1:
-        _DRIVER.update(table=table, paths=paths, budget=budget, storage=storage, spaces=None)
+        _keep(table, paths, budget, storage)
         yield from ((job, _one_search(job)) for job in todo)
         return
     import multiprocessing
@@ -97,6 +95,11 @@ def _connect(address: str, table: Table, paths: dict[str, Path], budget: float, 
     import ray
 
     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    _keep(table, paths, budget, storage)
+
+
+def _keep(table: Table, paths: dict[str, Path], budget: float, storage: Path) -> None:
+    """What this process's searches share (their spaces are loaded from ``paths`` by the first one)."""
     _DRIVER.update(table=table, paths=paths, budget=budget, storage=storage, spaces=None)
 
 
@@ -107,5 +110,4 @@ def _one_search(job: tuple[str, int]) -> Ledger:
     table = _DRIVER["table"]
     if _DRIVER["spaces"] is None:
         _DRIVER["spaces"] = {k: load_space(p) for k, p in _DRIVER["paths"].items()}
-    tuned_on = table.seeds()[i % len(table.seeds())]
-    return run_search(name, _DRIVER["spaces"], table, i, tuned_on, _DRIVER["budget"], _DRIVER["storage"])
+    return run_search(name, _DRIVER["spaces"], table, i, table.tuned_on(i), _DRIVER["budget"], _DRIVER["storage"])
