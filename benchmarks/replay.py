@@ -75,6 +75,15 @@ class Table:
     def seeds(self) -> list[str]:
         return sorted(self.curves, key=int)
 
+    def stage_at(self) -> dict[int, dict[str, int]]:
+        """Global epoch -> its ``stage`` (1-based) and ``stage_epoch``, as the real trainable reports them."""
+        out, g = {}, 0
+        for stage, n in enumerate(self.stage_epochs, start=1):
+            for e in range(1, n + 1):
+                g += 1
+                out[g] = {"stage": stage, "stage_epoch": e}
+        return out
+
     def tuned_on(self, search: int) -> str:
         """The training seed whose curves search number ``search`` tunes on (they take turns)."""
         seeds = self.seeds()
@@ -187,19 +196,20 @@ def replay_trial(config: dict[str, Any], table: Table, seed: str, pause_at: tupl
     curve = table.curves[seed][key]
     extra = {"gflops": table.gflops[key]} if table.gflops else {}
     n, start = table.total, 0
+    where = table.stage_at()
     resumed = tune.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
             start = int((Path(d) / "epoch").read_text())
     for g in range(start + 1, n):
-        metrics = {METRIC: curve[g - 1], "global_epoch": g, "total_epochs": n, "final": False, **extra}
+        metrics = {METRIC: curve[g - 1], **where[g], "global_epoch": g, "total_epochs": n, "final": False, **extra}
         if g in pause_at:
             with tempfile.TemporaryDirectory() as d:
                 (Path(d) / "epoch").write_text(str(g))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(metrics)
-    tune.report({METRIC: table.score(seed, config), f"epoch_{METRIC}": curve[-1], "global_epoch": n,
+    tune.report({METRIC: table.score(seed, config), f"epoch_{METRIC}": curve[-1], **where[n], "global_epoch": n,
                  "total_epochs": n, "final": True, **extra})
 
 

@@ -20,6 +20,7 @@ from benchmarks.replay import (
     Table,
     first_rung_epoch,
     first_rung_top_k,
+    replay_trial,
     strategy,
     write_space,
 )
@@ -71,6 +72,38 @@ def test_cost_counts_shared_stages_once():
         ledger.epoch(c, g)
     ledger.epoch(c, 4)
     assert ledger.spent == 11 and table.full_budget() == 28
+
+
+def test_a_replayed_trial_stands_where_a_real_trial_stands(monkeypatch, tmp_path):
+    """A replayed trial reports its stage and the epoch inside it, as the real trainable does, so the stage-aware
+    schedulers see which stored prefix a replayed result comes from: two configurations that share stage 2 are
+    not compared at a stage-2 rung, and are at a stage-3 one. (Without these keys every replayed trial was its
+    own prefix, and the replayed ``ours_promotion`` and ``moasha`` were not stage-aware.)"""
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from tuning.execution.moasha import RungScheduler
+    from tuning.execution.schedulers import StagePrefix
+    from tuning.space.load import load_space
+
+    table = tiny_table()
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(metrics))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    a, b, c = ({"model.alpha": alpha, "train.stage3.lr": lr} for alpha, lr in ((0.5, 1e-4), (0.5, 1e-3), (2.0, 1e-4)))
+    replay_trial(a, table, "0")
+    assert [(r["global_epoch"], r["stage"], r["stage_epoch"]) for r in reports] == [
+        (1, 1, 1), (2, 1, 2), (3, 1, 3), (4, 2, 1), (5, 2, 2), (6, 3, 1), (7, 3, 2)]
+    space = load_space(write_space(table, tmp_path / "p.yaml", "asha_promotion"))
+    sched = RungScheduler([("val_top1", "max")], [5, 6], prefix=StagePrefix(space))
+
+    def where(config: dict, rung: int) -> tuple:
+        return sched._where(SimpleNamespace(trial_id=table.key(config), config=config), reports[rung - 1], rung)
+
+    assert where(a, 5) == where(b, 5) != where(c, 5)  # a and b share stage 2 (alpha acts there)
+    assert where(a, 5)[0] == ("stage2", 2, 2) and where(a, 5)[1] != table.key(a)
+    assert where(a, 6)[0] == where(b, 6)[0] == ("stage3", 3, 1) and where(a, 6)[1] != where(b, 6)[1]
 
 
 def test_each_strategy_is_wired_as_it_says(tmp_path):
