@@ -145,20 +145,18 @@ class Ledger:
         self.spent = 0
         self.stored: set[tuple[int, str]] = set()
         self.finished: list[tuple[int, float, dict[str, Any]]] = []  # (spent when it finished, score, config)
-        offsets = [sum(table.stage_epochs[:i]) for i in range(len(table.stage_epochs))]
-        self.stage_of = {g: max(i for i, o in enumerate(offsets) if o < g) + 1 for g in range(1, table.total + 1)}
-        self.last_of_stage = {o + n for o, n in zip(offsets, table.stage_epochs, strict=True)}
+        self.where = table.stage_at()  # global epoch -> its stage and the epoch inside it
 
     def prefix(self, config: dict[str, Any], stage: int) -> str:
         return json.dumps([config[k] for k in self.table.params if self.table.acting[k] <= stage])
 
     def epoch(self, config: dict[str, Any], g: int) -> None:
-        stage = self.stage_of[g]
+        stage = self.where[g]["stage"]
         key = (stage, self.prefix(config, stage))
         if key in self.stored:
             return
         self.spent += 1
-        if g in self.last_of_stage:
+        if self.where[g]["stage_epoch"] == self.table.stage_epochs[stage - 1]:  # the stage is complete: stored
             self.stored.add(key)
 
     def finish(self, config: dict[str, Any], score: float) -> None:
